@@ -1,0 +1,112 @@
+"""Task states, the allowed transitions and the typed video request. Imports nothing of ours."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TaskStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+    UNKNOWN = "UNKNOWN"  # only on the wire: unknown id, or a task of another key
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED})
+
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.PENDING: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELED, TaskStatus.FAILED}),
+    TaskStatus.RUNNING: frozenset(
+        {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.PENDING, TaskStatus.CANCELED}
+    ),
+    TaskStatus.SUCCEEDED: frozenset(),
+    TaskStatus.FAILED: frozenset(),
+    TaskStatus.CANCELED: frozenset(),
+    TaskStatus.UNKNOWN: frozenset(),
+}
+
+
+def can_transition(old: TaskStatus, new: TaskStatus) -> bool:
+    return new in TRANSITIONS[old]
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """Where a request's media comes from: a remote URL, or bytes already kept in storage."""
+
+    url: str | None = None  # http(s) URL to fetch in the worker
+    storage_key: str | None = None  # key in our storage (a decoded data: URI)
+    mime: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "storage_key": self.storage_key, "mime": self.mime}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> MediaRef | None:
+        if not data:
+            return None
+        return cls(url=data.get("url"), storage_key=data.get("storage_key"), mime=data.get("mime"))
+
+
+@dataclass(frozen=True)
+class VideoRequest:
+    """A submit request after validation: every default filled in from the catalog."""
+
+    model: str
+    prompt: str
+    negative_prompt: str
+    image: MediaRef
+    audio_source: MediaRef | None
+    resolution: str
+    duration: int
+    audio: bool  # whether the output has an audio track
+    shot_type: str
+    seed: int
+    prompt_extend: bool
+    watermark: bool
+    raw: dict[str, Any] = field(default_factory=dict)  # the body as sent (media replaced)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "image": self.image.to_json(),
+            "audio_source": self.audio_source.to_json() if self.audio_source else None,
+            "resolution": self.resolution,
+            "duration": self.duration,
+            "audio": self.audio,
+            "shot_type": self.shot_type,
+            "seed": self.seed,
+            "prompt_extend": self.prompt_extend,
+            "watermark": self.watermark,
+            "raw": self.raw,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VideoRequest:
+        image = MediaRef.from_json(data["image"])
+        assert image is not None
+        return cls(
+            model=data["model"],
+            prompt=data["prompt"],
+            negative_prompt=data["negative_prompt"],
+            image=image,
+            audio_source=MediaRef.from_json(data.get("audio_source")),
+            resolution=data["resolution"],
+            duration=int(data["duration"]),
+            audio=bool(data["audio"]),
+            shot_type=data["shot_type"],
+            seed=int(data["seed"]),
+            prompt_extend=bool(data["prompt_extend"]),
+            watermark=bool(data["watermark"]),
+            raw=data.get("raw", {}),
+        )

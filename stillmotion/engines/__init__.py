@@ -1,0 +1,1 @@
+"""Engines make videos. They import only domain, catalog, errors, media and storage."""

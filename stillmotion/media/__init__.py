@@ -1,0 +1,1 @@
+"""Media helpers: fetching (SSRF guard), probing, output geometry, encoding and muxing."""

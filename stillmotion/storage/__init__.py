@@ -1,0 +1,1 @@
+"""Result and input storage: put, open, signed URLs."""
