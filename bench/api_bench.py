@@ -1,0 +1,192 @@
+"""Submit and query throughput and latency on loopback, against a bare FastAPI endpoint.
+
+    python bench/api_bench.py [--seconds 5] [--concurrency 16]
+
+Starts `stillmotion serve --workers 0` (API only: rendering would compete for the same cores)
+and a bare FastAPI app that returns the same JSON without doing anything, both as uvicorn
+subprocesses, then drives each with the same httpx load generator in this process. Prints
+requests/s, p50 and p99 latency, and the ratio stillmotion / bare. Targets: submit >= 0.5x,
+query >= 0.7x. It only prints; it never fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+SUBMIT_BODY: dict[str, Any] = {
+    "model": "wan2.6-i2v-flash",
+    "input": {"prompt": "A cat walks through the garden, the camera pushes in.",
+              "img_url": "https://example.com/frames/cat.png"},
+    "parameters": {"resolution": "720P", "duration": 5, "prompt_extend": True, "audio": True},
+}
+TASK_BODY: dict[str, Any] = {
+    "request_id": "r",
+    "output": {"task_id": "t", "task_status": "PENDING", "submit_time": "2026-11-24 10:00:00.000",
+               "orig_prompt": SUBMIT_BODY["input"]["prompt"]},
+}
+
+
+def bare_app() -> Any:
+    import json
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+
+    @app.post("/task/bailian/image2video")
+    async def submit(request: Request) -> JSONResponse:
+        json.loads(await request.body())
+        tid = str(uuid.uuid4())
+        return JSONResponse({"request_id": tid, "output": {"task_id": tid, "task_status": "PENDING"}})
+
+    @app.get("/task/{task_id}")
+    async def query(task_id: str) -> JSONResponse:
+        return JSONResponse({**TASK_BODY, "output": {**TASK_BODY["output"], "task_id": task_id}})
+
+    @app.get("/healthz")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_up(base: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit("server did not start")
+
+
+async def load(
+    base: str, make: Callable[[httpx.AsyncClient], Any], seconds: float, concurrency: int
+) -> tuple[float, list[float]]:
+    """Run ``concurrency`` request loops for ``seconds``; returns (requests/s, latencies)."""
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+        for _ in range(3):  # warm-up
+            await make(client)
+        stop = time.perf_counter() + seconds
+
+        async def loop() -> None:
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                resp = await make(client)
+                latencies.append(time.perf_counter() - t0)
+                if resp.status_code != 200:
+                    raise SystemExit(f"unexpected {resp.status_code}: {resp.text[:200]}")
+
+        start = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return len(latencies) / elapsed, latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def measure(base: str, headers: dict[str, str], task_id: str, args: argparse.Namespace) -> dict[str, Any]:
+    def submit(c: httpx.AsyncClient) -> Any:
+        return c.post("/task/bailian/image2video", json=SUBMIT_BODY, headers=headers)
+
+    def query(c: httpx.AsyncClient) -> Any:
+        return c.get(f"/task/{task_id}", headers=headers)
+
+    out = {}
+    for name, fn in (("submit", submit), ("query", query)):
+        rps, lat = await load(base, fn, args.seconds, args.concurrency)
+        out[name] = (rps, pct(lat, 0.5), pct(lat, 0.99))
+    return out
+
+
+def start_stillmotion(data_dir: str, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    env = {**os.environ, "STILLMOTION_DATA_DIR": data_dir, "STILLMOTION_PORT": str(port),
+           "STILLMOTION_WORKERS": "0", "STILLMOTION_LOG_LEVEL": "warning"}
+    key = subprocess.run([sys.executable, "-m", "stillmotion", "keys", "create", "--name", "bench"],
+                         env=env, capture_output=True, check=True).stdout.decode().strip()
+    proc = subprocess.Popen([sys.executable, "-m", "stillmotion", "serve"], env=env)
+    return proc, key
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_server:
+        import uvicorn
+
+        uvicorn.run(bare_app(), host="127.0.0.1", port=args.bare_server, log_level="warning",
+                    access_log=False)
+        return
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        bare = subprocess.Popen([sys.executable, __file__, "--bare-server", str(port)])
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_up(base, bare)
+            results["bare"] = asyncio.run(measure(base, {}, "t", args))
+        finally:
+            bare.terminate()
+            bare.wait()
+        port = free_port()
+        proc, key = start_stillmotion(tmp, port)
+        base = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {key}"}
+        try:
+            wait_up(base, proc)
+            task_id = httpx.post(base + "/task/bailian/image2video", json=SUBMIT_BODY,
+                                 headers=headers).json()["output"]["task_id"]
+            results["stillmotion"] = asyncio.run(measure(base, headers, task_id, args))
+        finally:
+            proc.terminate()
+            proc.wait()
+    report(results, args)
+
+
+def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    print(f"loopback, {args.concurrency} concurrent connections, {args.seconds:.0f} s per run, "
+          f"{os.cpu_count()} cores")
+    print(f"{'endpoint':<8} {'server':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for what in ("submit", "query"):
+        for server in ("bare", "stillmotion"):
+            rps, p50, p99 = results[server][what]
+            print(f"{what:<8} {server:<12} {rps:8.0f} {p50:8.2f} {p99:8.2f}")
+    targets = {"submit": 0.5, "query": 0.7}
+    for what, target in targets.items():
+        ratio = results["stillmotion"][what][0] / results["bare"][what][0]
+        verdict = "PASS" if ratio >= target else "FAIL"
+        print(f"{what} throughput ratio stillmotion/bare: {ratio:.2f} (target >= {target}) {verdict}")
+
+
+if __name__ == "__main__":
+    main()

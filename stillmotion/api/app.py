@@ -1,0 +1,54 @@
+"""The FastAPI application: routers, the one error mapping, the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from stillmotion import __version__
+from stillmotion.api import routes_bailian, routes_files, routes_system
+from stillmotion.api.errors import BodyLimitMiddleware, install_error_handlers
+from stillmotion.config import Settings
+from stillmotion.runtime import Runtime, open_runtime
+
+DESCRIPTION = """Bailian / DashScope first-frame image-to-video task API.
+
+Submit with `POST /task/bailian/image2video`, poll `GET /task/{task_id}`, download
+`output.video_url`. Authenticate with `Authorization: Bearer <key>`
+(`stillmotion keys create --name NAME`). Errors are `{request_id, code, message}`.
+"""
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """Build the app. With ``runtime`` given the caller owns it; otherwise the lifespan opens
+    one from ``settings`` (and starts the worker when ``settings.run_worker``)."""
+    settings = settings or (runtime.settings if runtime else Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if runtime is not None:
+            app.state.runtime = runtime
+            yield
+            return
+        rt = await open_runtime(settings)
+        app.state.runtime = rt
+        if settings.run_worker and settings.workers > 0:
+            await rt.start_worker()
+        try:
+            yield
+        finally:
+            await rt.close()
+
+    app = FastAPI(title="stillmotion", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    if runtime is not None:
+        app.state.runtime = runtime
+    install_error_handlers(app)
+    app.include_router(routes_bailian.router)
+    app.include_router(routes_files.router)
+    app.include_router(routes_system.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    return app

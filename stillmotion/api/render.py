@@ -1,0 +1,65 @@
+"""Task rows to the DashScope task body (contract 2.4)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from stillmotion.catalog import get_model, usage_for
+from stillmotion.domain import TaskStatus
+from stillmotion.storage.base import Storage
+from stillmotion.tasks.store import TaskRow
+
+
+class TaskRenderer:
+    def __init__(self, storage: Storage, time_zone: str = "UTC"):
+        self.storage = storage
+        self.zone = ZoneInfo(time_zone)
+
+    def time_string(self, epoch: float | None) -> str | None:
+        """``YYYY-MM-DD HH:mm:ss.SSS`` in the configured zone."""
+        if epoch is None:
+            return None
+        return datetime.fromtimestamp(epoch, self.zone).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+    def output(self, row: TaskRow) -> dict[str, Any]:
+        out: dict[str, Any] = {"task_id": row.id, "task_status": row.status.value}
+        out["submit_time"] = self.time_string(row.created_at)
+        if row.scheduled_at is not None:
+            out["scheduled_time"] = self.time_string(row.scheduled_at)
+        if row.ended_at is not None:
+            out["end_time"] = self.time_string(row.ended_at)
+        out["orig_prompt"] = row.request.get("prompt", "")
+        if row.status is TaskStatus.RUNNING:
+            out["progress"] = int(round(row.progress * 100))
+        if row.status is TaskStatus.SUCCEEDED and row.result:
+            out["progress"] = 100
+            out["video_url"] = self.storage.signed_url(row.result["video_key"])
+            out.update(row.result.get("extra_output") or {})
+        if row.status is TaskStatus.FAILED:
+            out["code"] = row.error_code or "InternalError"
+            out["message"] = row.error_message or ""
+        return out
+
+    def usage(self, row: TaskRow) -> dict[str, Any] | None:
+        if row.status is not TaskStatus.SUCCEEDED or not row.result:
+            return None
+        if row.result.get("usage"):
+            return dict(row.result["usage"])
+        spec = get_model(row.model)
+        if spec is None:
+            return None
+        req = row.request
+        return usage_for(spec, req["resolution"], int(req["duration"]), bool(req["audio"]))
+
+    def body(self, row: TaskRow, rid: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"request_id": rid, "output": self.output(row)}
+        usage = self.usage(row)
+        if usage is not None:
+            body["usage"] = usage
+        return body
+
+    @staticmethod
+    def unknown(task_id: str, rid: str) -> dict[str, Any]:
+        return {"request_id": rid, "output": {"task_id": task_id, "task_status": "UNKNOWN"}}

@@ -1,0 +1,56 @@
+"""The reseller-style surface: ``/task/bailian/image2video`` and ``/task/{task_id}``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from stillmotion.api.deps import KeyDep, RequestIdDep, RuntimeDep
+from stillmotion.api.schemas import ErrorResponse, SubmitBody, SubmitResponse, TaskResponse
+from stillmotion.errors import InvalidParameter
+
+router = APIRouter(tags=["bailian"])
+
+
+async def read_json(request: Request) -> Any:
+    raw = await request.body()
+    if not raw:
+        raise InvalidParameter("The request body is empty; send a JSON object.")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidParameter(f"The request body is not valid JSON: {exc}") from None
+
+
+@router.post(
+    "/task/bailian/image2video",
+    response_model=SubmitResponse,
+    summary="Submit a first-frame image-to-video task",
+    openapi_extra={"requestBody": {"content": {"application/json": {
+        "schema": SubmitBody.model_json_schema(ref_template="#/components/schemas/{model}")}},
+        "required": True}},
+)
+async def submit(request: Request, runtime: RuntimeDep, key: KeyDep, rid: RequestIdDep) -> Any:
+    body = await read_json(request)
+    row = await runtime.service.submit(key.id, body)
+    output = {"task_id": row.id, "task_status": row.status.value}
+    return JSONResponse({"request_id": rid, "output": output})
+
+
+@router.get("/task/{task_id}", response_model=TaskResponse, response_model_exclude_none=True,
+            summary="Query a task")
+async def query(task_id: str, runtime: RuntimeDep, key: KeyDep, rid: RequestIdDep) -> Any:
+    row = await runtime.service.get(key.id, task_id)
+    if row is None:
+        return JSONResponse(runtime.renderer.unknown(task_id, rid))
+    return JSONResponse(runtime.renderer.body(row, rid))
+
+
+@router.post("/task/{task_id}/cancel", summary="Cancel a PENDING task",
+             responses={400: {"model": ErrorResponse}})
+async def cancel(task_id: str, runtime: RuntimeDep, key: KeyDep, rid: RequestIdDep) -> Any:
+    await runtime.service.cancel(key.id, task_id)
+    return {"request_id": rid}

@@ -1,0 +1,40 @@
+"""Operations: health and the model catalog."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from stillmotion import __version__, catalog
+from stillmotion.api.deps import RuntimeDep
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz", summary="Liveness and readiness")
+async def healthz(runtime: RuntimeDep) -> Any:
+    try:
+        counts = await runtime.store.counts()
+    except Exception as exc:  # the database is down: say so, do not 500
+        return JSONResponse({"status": "error", "database": str(exc)[:200]}, status_code=503)
+    worker = runtime.worker
+    return {
+        "status": "ok",
+        "version": __version__,
+        "database": runtime.store.dialect,
+        "worker": worker.describe() if worker is not None else None,
+        "tasks": counts,
+        "routes": {m: runtime.service.engine_for(m) for m in catalog.model_names()},
+    }
+
+
+@router.get("/v1/models", summary="The model catalog")
+async def models(runtime: RuntimeDep) -> Any:
+    data = []
+    for spec in catalog.MODELS.values():
+        item = spec.to_json()
+        item["engine"] = runtime.service.engine_for(spec.name)
+        data.append(item)
+    return {"object": "list", "data": data}

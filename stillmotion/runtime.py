@@ -1,0 +1,116 @@
+"""Wiring: settings in, the store, storage, service, engines and worker out.
+
+Used by the CLI, the API's lifespan and the tests; nothing below this layer imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from stillmotion import catalog
+from stillmotion.api.render import TaskRenderer
+from stillmotion.config import Settings
+from stillmotion.engines.base import Engine
+from stillmotion.engines.registry import available, create_engine
+from stillmotion.storage.local import LocalStorage
+from stillmotion.storage.signing import UrlSigner, load_or_create_secret
+from stillmotion.tasks.keys import KeyVerifier
+from stillmotion.tasks.service import TaskService
+from stillmotion.tasks.store import TaskStore
+from stillmotion.worker.runner import RunnerConfig
+from stillmotion.worker.worker import Worker
+
+log = logging.getLogger("stillmotion")
+
+
+class ConfigurationError(Exception):
+    """A setting that cannot work; the CLI prints it and exits."""
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: TaskStore
+    storage: LocalStorage
+    service: TaskService
+    renderer: TaskRenderer
+    keys: KeyVerifier
+    worker: Worker | None = None
+
+    async def start_worker(self, engines: list[str] | None = None) -> Worker:
+        worker = build_worker(self, engines)
+        self.worker = worker
+        self.service.set_on_submit(worker.wake)
+        worker.start()
+        return worker
+
+    async def close(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop()
+            self.worker = None
+        await self.store.close()
+
+
+def resolve_routes(settings: Settings) -> dict[str, str]:
+    """``{model: engine}`` for every catalog model; unknown names fail at start."""
+    try:
+        routes = settings.route_map()
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    for model, engine in routes.items():
+        if catalog.get_model(model) is None:
+            known = ", ".join(catalog.model_names())
+            raise ConfigurationError(f"STILLMOTION_ROUTES names unknown model {model!r} ({known})")
+        if engine not in available():
+            known = ", ".join(sorted(available()))
+            raise ConfigurationError(
+                f"STILLMOTION_ROUTES routes {model} to unknown engine {engine!r} ({known})"
+            )
+    return {m: routes.get(m, "motion") for m in catalog.model_names()}
+
+
+async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
+    routes = resolve_routes(settings)
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = await TaskStore.open(settings.db_url)
+    if migrate:
+        await store.upgrade()
+    secret = load_or_create_secret(data_dir / "signing.key")
+    signer = UrlSigner(secret, settings.base_url, settings.url_ttl_seconds)
+    storage = LocalStorage(data_dir / "files", signer)
+    service = TaskService(store, storage, routes, max_attempts=settings.max_attempts)
+    return Runtime(
+        settings=settings,
+        store=store,
+        storage=storage,
+        service=service,
+        renderer=TaskRenderer(storage, settings.time_zone),
+        keys=KeyVerifier(store, settings.key_cache_seconds),
+    )
+
+
+def build_engines(settings: Settings, names: list[str] | None = None) -> dict[str, Engine]:
+    wanted = names or sorted(set(resolve_routes(settings).values()))
+    return {name: create_engine(name, processes=max(1, settings.workers)) for name in wanted}
+
+
+def build_worker(runtime: Runtime, engines: list[str] | None = None) -> Worker:
+    settings = runtime.settings
+    config = RunnerConfig(
+        work_root=Path(settings.data_dir) / "work",
+        lease_seconds=settings.lease_seconds,
+        allow_private_urls=settings.allow_private_urls,
+        fetch_timeout=settings.fetch_timeout,
+        fetch_max_redirects=settings.fetch_max_redirects,
+    )
+    return Worker(
+        runtime.store,
+        runtime.storage,
+        build_engines(settings, engines),
+        config,
+        concurrency=settings.workers,
+        poll_interval=settings.poll_interval,
+    )

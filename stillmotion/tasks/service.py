@@ -1,0 +1,105 @@
+"""TaskService: submit, get, list and cancel. The only thing the API routes call."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from stillmotion.domain import MediaRef, TaskStatus
+from stillmotion.errors import UnsupportedOperation
+from stillmotion.storage.base import Storage
+from stillmotion.tasks.store import TaskRow, TaskStore
+from stillmotion.tasks.validation import Validated, validate_submit
+
+CANCEL_REFUSED = "Failed to cancel the task, please confirm if the task is in PENDING status."
+
+
+def input_key(task_id: str, name: str) -> str:
+    return f"inputs/{task_id}/{name}"
+
+
+def video_key(task_id: str) -> str:
+    return f"videos/{task_id}.mp4"
+
+
+class TaskService:
+    def __init__(
+        self,
+        store: TaskStore,
+        storage: Storage,
+        routes: Mapping[str, str],
+        *,
+        default_engine: str = "motion",
+        max_attempts: int = 3,
+        on_submit: Callable[[TaskRow], None] | None = None,
+    ):
+        self.store = store
+        self.storage = storage
+        self.routes = dict(routes)
+        self.default_engine = default_engine
+        self.max_attempts = max_attempts
+        self._on_submit = on_submit
+
+    def engine_for(self, model: str) -> str:
+        return self.routes.get(model, self.default_engine)
+
+    def set_on_submit(self, callback: Callable[[TaskRow], None] | None) -> None:
+        self._on_submit = callback
+
+    async def submit(self, key_id: str, body: Any) -> TaskRow:
+        validated = validate_submit(body)
+        task_id = str(uuid.uuid4())
+        request = await self._keep_blobs(task_id, validated)
+        row = await self.store.create_task(
+            task_id=task_id,
+            key_id=key_id,
+            model=validated.spec.name,
+            engine=self.engine_for(validated.spec.name),
+            request=request,
+            max_attempts=self.max_attempts,
+        )
+        if self._on_submit is not None:
+            self._on_submit(row)
+        return row
+
+    async def _keep_blobs(self, task_id: str, validated: Validated) -> dict[str, Any]:
+        """Store decoded data: URIs and point the request at them."""
+        request = validated.request
+        for blob in validated.blobs:
+            await self.storage.put_bytes(input_key(task_id, blob.name), blob.data)
+        image, audio = request.image, request.audio_source
+        if image.storage_key:
+            image = MediaRef(storage_key=input_key(task_id, image.storage_key), mime=image.mime)
+        if audio is not None and audio.storage_key:
+            audio = MediaRef(storage_key=input_key(task_id, audio.storage_key), mime=audio.mime)
+        return replace(request, image=image, audio_source=audio).to_json()
+
+    async def get(self, key_id: str, task_id: str) -> TaskRow | None:
+        """The task, or None when it does not exist or belongs to another key."""
+        row = await self.store.get_task(task_id)
+        if row is None or row.key_id != key_id:
+            return None
+        return row
+
+    async def cancel(self, key_id: str, task_id: str) -> TaskRow:
+        row = await self.store.cancel_pending(task_id, key_id)
+        if row is None or row.status is not TaskStatus.CANCELED:
+            raise UnsupportedOperation(CANCEL_REFUSED)
+        return row
+
+    async def list(
+        self,
+        key_id: str,
+        *,
+        limit: int = 10,
+        offset: int = 0,
+        status: str | None = None,
+        model: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> tuple[list[TaskRow], int]:
+        return await self.store.list_tasks(
+            key_id, limit=limit, offset=offset, status=status, model=model, start=start, end=end
+        )

@@ -1,0 +1,1 @@
+"""Helpers shipped for tests and local development (sample images, tiny media servers)."""

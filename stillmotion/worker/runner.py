@@ -1,0 +1,202 @@
+"""Run one claimed task: fetch and check media, call the engine with progress and cancel,
+store the video, and finish (fenced) or retry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stillmotion import catalog
+from stillmotion.catalog import ModelSpec
+from stillmotion.domain import MediaRef, VideoRequest
+from stillmotion.engines.base import CancelSignal, Engine, EngineJob, EngineResult
+from stillmotion.errors import EngineCanceled, LeaseLost, PermanentEngineError, ServiceError
+from stillmotion.media.fetch import FetchPolicy, fetch_to_file
+from stillmotion.media.geometry import frame_count, output_size
+from stillmotion.media.probe import probe_audio, probe_image
+from stillmotion.storage.base import Storage
+from stillmotion.tasks.service import video_key
+from stillmotion.tasks.store import TaskRow, TaskStore
+
+log = logging.getLogger("stillmotion.worker")
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    work_root: Path
+    lease_seconds: float = 30.0
+    allow_private_urls: bool = False
+    fetch_timeout: float = 30.0
+    fetch_max_redirects: int = 5
+    retry_base_delay: float = 2.0
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        store: TaskStore,
+        storage: Storage,
+        engines: Mapping[str, Engine],
+        config: RunnerConfig,
+        worker_id: str,
+    ):
+        self.store = store
+        self.storage = storage
+        self.engines = engines
+        self.config = config
+        self.worker_id = worker_id
+
+    async def run(self, row: TaskRow) -> None:
+        cancel = CancelSignal()
+        beat = _Heartbeat(self, row.id, cancel)
+        work_dir = self.config.work_root / f"{row.id}-{row.attempts}"
+        beat_task = asyncio.create_task(beat.loop())
+        try:
+            await self._run(row, work_dir, beat, cancel)
+        except asyncio.CancelledError:
+            raise  # shutdown: release_worker() hands the task back
+        except Exception:
+            log.exception("task %s: unexpected error", row.id)
+            await self._finish(self._retry(row, "InternalError", "An internal error occurred."))
+        finally:
+            beat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat_task
+            await asyncio.to_thread(shutil.rmtree, work_dir, True)
+
+    async def _run(self, row: TaskRow, work_dir: Path, beat: _Heartbeat, cancel: CancelSignal) -> None:
+        engine = self.engines[row.engine]
+        request = VideoRequest.from_json(row.request)
+        spec = catalog.get_model(row.model)
+        if spec is None:
+            await self._finish(self._fail(row.id, "InvalidParameter", f"unknown model {row.model}"))
+            return
+        work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            job = await self._prepare(row, spec, request, engine, work_dir)
+            result = await engine.generate(job, beat.progress, cancel)
+            if beat.lost:
+                raise LeaseLost("lease lost while rendering")
+            stored = await self._store_result(row.id, result)
+        except EngineCanceled:
+            await self._finish(self.store.finish_canceled(row.id, self.worker_id))
+        except LeaseLost:
+            log.warning("task %s: lease lost; result dropped", row.id)
+        except ServiceError as exc:
+            if getattr(exc, "retryable", False):
+                await self._finish(self._retry(row, exc.code, exc.message))
+            else:
+                await self._finish(self._fail(row.id, exc.code, exc.message))
+        else:
+            ok = await self._finish(self.store.finish_success(row.id, self.worker_id, stored))
+            if not ok:
+                log.warning("task %s: finished after losing its lease; result dropped", row.id)
+
+    async def _prepare(
+        self, row: TaskRow, spec: ModelSpec, request: VideoRequest, engine: Engine, work_dir: Path
+    ) -> EngineJob:
+        image_path = audio_path = None
+        width = height = 0
+        if engine.needs_media:
+            image_path = await self._media(request.image, work_dir / "input-image", "img_url",
+                                           spec.image_max_bytes)
+            info = await asyncio.to_thread(probe_image, image_path, max_bytes=spec.image_max_bytes)
+            width, height = output_size(info.width, info.height, request.resolution)
+            if request.audio and request.audio_source is not None:
+                audio_path = await self._media(request.audio_source, work_dir / "input-audio",
+                                               "audio_url", catalog.AUDIO_MAX_BYTES)
+                await asyncio.to_thread(probe_audio, audio_path)
+        return EngineJob(
+            task_id=row.id,
+            spec=spec,
+            request=request,
+            width=width,
+            height=height,
+            fps=spec.fps,
+            num_frames=frame_count(request.duration, spec.fps),
+            work_dir=work_dir,
+            image_path=image_path,
+            audio_path=audio_path,
+            state=dict(row.engine_state),
+        )
+
+    async def _media(self, ref: MediaRef, dest: Path, what: str, max_bytes: int) -> Path:
+        if ref.storage_key:
+            return self.storage.local_path(ref.storage_key)
+        assert ref.url is not None
+        policy = FetchPolicy(
+            allow_private=self.config.allow_private_urls,
+            timeout=self.config.fetch_timeout,
+            max_redirects=self.config.fetch_max_redirects,
+            max_bytes=max_bytes,
+        )
+        fetched = await fetch_to_file(ref.url, dest, policy, what=what)
+        return fetched.path
+
+    async def _store_result(self, task_id: str, result: EngineResult) -> dict[str, Any]:
+        if not result.video_path.is_file():
+            raise PermanentEngineError("the engine produced no video file")
+        key = video_key(task_id)
+        size = await self.storage.put_file(key, result.video_path)
+        return {
+            "video_key": key,
+            "bytes": size,
+            "width": result.width,
+            "height": result.height,
+            "fps": result.fps,
+            "num_frames": result.num_frames,
+            "has_audio": result.has_audio,
+            "usage": result.usage,
+            "extra_output": result.extra_output,
+        }
+
+    def _fail(self, task_id: str, code: str, message: str) -> Any:
+        return self.store.finish_failure(task_id, self.worker_id, code, message)
+
+    def _retry(self, row: TaskRow, code: str, message: str) -> Any:
+        delay = self.config.retry_base_delay * (2 ** max(0, row.attempts - 1))
+        return self.store.retry_later(row.id, self.worker_id, delay, code, message)
+
+    async def _finish(self, coro: Any) -> bool:
+        """The final write survives cancellation of the task that makes it."""
+        return bool(await asyncio.shield(coro))
+
+
+class _Heartbeat:
+    """Renews the lease, records progress and notices cancel requests and a lost lease."""
+
+    def __init__(self, runner: TaskRunner, task_id: str, cancel: CancelSignal):
+        self.runner = runner
+        self.task_id = task_id
+        self.cancel = cancel
+        self.lost = False
+        self._progress: float | None = None
+
+    async def progress(self, fraction: float) -> None:
+        self._progress = max(0.0, min(1.0, fraction))
+
+    async def loop(self) -> None:
+        interval = min(self.runner.config.lease_seconds / 3, 2.0)
+        store = self.runner.store
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                row = await store.heartbeat(
+                    self.task_id, self.runner.worker_id, self.runner.config.lease_seconds,
+                    self._progress,
+                )
+            except Exception:
+                log.exception("task %s: heartbeat failed", self.task_id)
+                continue
+            if row is None:
+                self.lost = True
+                self.cancel.set()
+                return
+            if row.cancel_requested:
+                self.cancel.set()

@@ -1,0 +1,122 @@
+"""Worker: a claim loop with a concurrency limit, lease renewal and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from stillmotion.engines.base import Engine
+from stillmotion.storage.base import Storage
+from stillmotion.tasks.store import TaskStore
+from stillmotion.worker.runner import RunnerConfig, TaskRunner
+
+log = logging.getLogger("stillmotion.worker")
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        store: TaskStore,
+        storage: Storage,
+        engines: Mapping[str, Engine],
+        config: RunnerConfig,
+        *,
+        concurrency: int = 2,
+        poll_interval: float = 0.5,
+        worker_id: str | None = None,
+    ):
+        self.store = store
+        self.engines = dict(engines)
+        self.concurrency = max(1, concurrency)
+        self.poll_interval = poll_interval
+        self.worker_id = worker_id or make_worker_id()
+        self.runner = TaskRunner(store, storage, self.engines, config, self.worker_id)
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._active: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.completed = 0
+
+    def wake(self, *_: Any) -> None:
+        self._wake.set()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.worker_id,
+            "engines": sorted(self.engines),
+            "concurrency": self.concurrency,
+            "active": len(self._active),
+            "completed": self.completed,
+        }
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self.run(), name="stillmotion-worker")
+
+    async def run(self) -> None:
+        log.info("worker %s started (engines: %s)", self.worker_id, ", ".join(self.engines))
+        last_reap = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            if loop.time() - last_reap > self.runner.config.lease_seconds / 2:
+                last_reap = loop.time()
+                await self._guard(self.store.reap_expired())
+            claimed = len(self._active) < self.concurrency and await self._claim_one()
+            if not claimed:
+                await self._idle()
+
+    async def _claim_one(self) -> bool:
+        row = await self._guard(
+            self.store.claim(self.worker_id, self.runner.config.lease_seconds, list(self.engines))
+        )
+        if row is None:
+            return False
+        task = asyncio.create_task(self.runner.run(row), name=f"task-{row.id}")
+        self._active.add(task)
+        task.add_done_callback(self._done)
+        return True
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._active.discard(task)
+        self.completed += 1
+        self._wake.set()
+
+    async def _idle(self) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+
+    async def _guard(self, coro: Any) -> Any:
+        """Database hiccups must not kill the loop: log and carry on."""
+        try:
+            return await coro
+        except Exception:
+            log.exception("worker %s: store call failed", self.worker_id)
+            await asyncio.sleep(self.poll_interval)
+            return None
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop claiming, give running tasks ``grace`` seconds, hand the rest back to the queue."""
+        self._stop.set()
+        self._wake.set()
+        if self._loop_task is not None:
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        if self._active:
+            _, pending = await asyncio.wait(set(self._active), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        released = await self._guard(self.store.release_worker(self.worker_id))
+        if released:
+            log.info("worker %s handed %d task(s) back to the queue", self.worker_id, released)
+        for engine in self.engines.values():
+            await engine.aclose()
