@@ -151,6 +151,8 @@ def keys_revoke(
         runtime = await open_runtime(settings)
         try:
             return await runtime.store.revoke_key(key_id)
+        except ValueError as exc:  # an ambiguous prefix
+            raise ConfigurationError(str(exc)) from None
         finally:
             await runtime.close()
 

@@ -44,17 +44,19 @@ class TaskRunner:
         storage: Storage,
         engines: Mapping[str, Engine],
         config: RunnerConfig,
-        worker_id: str,
     ):
         self.store = store
         self.storage = storage
         self.engines = engines
         self.config = config
-        self.worker_id = worker_id
 
     async def run(self, row: TaskRow) -> None:
+        """Run a claimed task; ``row.worker_id`` is this claim's fencing token."""
+        if row.cancel_requested:
+            await self._finish(self.store.finish_canceled(row.id, _claim(row)))
+            return
         cancel = CancelSignal()
-        beat = _Heartbeat(self, row.id, cancel)
+        beat = _Heartbeat(self, row.id, _claim(row), cancel)
         work_dir = self.config.work_root / f"{row.id}-{row.attempts}"
         beat_task = asyncio.create_task(beat.loop())
         try:
@@ -75,7 +77,7 @@ class TaskRunner:
         request = VideoRequest.from_json(row.request)
         spec = catalog.get_model(row.model)
         if spec is None:
-            await self._finish(self._fail(row.id, "InvalidParameter", f"unknown model {row.model}"))
+            await self._finish(self._fail(row, "InvalidParameter", f"unknown model {row.model}"))
             return
         work_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -85,16 +87,16 @@ class TaskRunner:
                 raise LeaseLost("lease lost while rendering")
             stored = await self._store_result(row.id, result)
         except EngineCanceled:
-            await self._finish(self.store.finish_canceled(row.id, self.worker_id))
+            await self._finish(self.store.finish_canceled(row.id, _claim(row)))
         except LeaseLost:
             log.warning("task %s: lease lost; result dropped", row.id)
         except ServiceError as exc:
             if getattr(exc, "retryable", False):
                 await self._finish(self._retry(row, exc.code, exc.message))
             else:
-                await self._finish(self._fail(row.id, exc.code, exc.message))
+                await self._finish(self._fail(row, exc.code, exc.message))
         else:
-            ok = await self._finish(self.store.finish_success(row.id, self.worker_id, stored))
+            ok = await self._finish(self.store.finish_success(row.id, _claim(row), stored))
             if not ok:
                 log.warning("task %s: finished after losing its lease; result dropped", row.id)
 
@@ -156,24 +158,30 @@ class TaskRunner:
             "extra_output": result.extra_output,
         }
 
-    def _fail(self, task_id: str, code: str, message: str) -> Any:
-        return self.store.finish_failure(task_id, self.worker_id, code, message)
+    def _fail(self, row: TaskRow, code: str, message: str) -> Any:
+        return self.store.finish_failure(row.id, _claim(row), code, message)
 
     def _retry(self, row: TaskRow, code: str, message: str) -> Any:
         delay = self.config.retry_base_delay * (2 ** max(0, row.attempts - 1))
-        return self.store.retry_later(row.id, self.worker_id, delay, code, message)
+        return self.store.retry_later(row.id, _claim(row), delay, code, message)
 
     async def _finish(self, coro: Any) -> bool:
         """The final write survives cancellation of the task that makes it."""
         return bool(await asyncio.shield(coro))
 
 
+def _claim(row: TaskRow) -> str:
+    assert row.worker_id is not None, "a claimed task carries its claim id"
+    return row.worker_id
+
+
 class _Heartbeat:
     """Renews the lease, records progress and notices cancel requests and a lost lease."""
 
-    def __init__(self, runner: TaskRunner, task_id: str, cancel: CancelSignal):
+    def __init__(self, runner: TaskRunner, task_id: str, claim: str, cancel: CancelSignal):
         self.runner = runner
         self.task_id = task_id
+        self.claim = claim
         self.cancel = cancel
         self.lost = False
         self._progress: float | None = None
@@ -188,7 +196,7 @@ class _Heartbeat:
             await asyncio.sleep(interval)
             try:
                 row = await store.heartbeat(
-                    self.task_id, self.runner.worker_id, self.runner.config.lease_seconds,
+                    self.task_id, self.claim, self.runner.config.lease_seconds,
                     self._progress,
                 )
             except Exception:

@@ -40,10 +40,11 @@ class Worker:
         self.concurrency = max(1, concurrency)
         self.poll_interval = poll_interval
         self.worker_id = worker_id or make_worker_id()
-        self.runner = TaskRunner(store, storage, self.engines, config, self.worker_id)
+        self.runner = TaskRunner(store, storage, self.engines, config)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._active: set[asyncio.Task[None]] = set()
+        self._active: dict[asyncio.Task[None], str] = {}  # running task -> its claim id
+        self._claims = 0
         self._loop_task: asyncio.Task[None] | None = None
         self.completed = 0
 
@@ -75,18 +76,21 @@ class Worker:
                 await self._idle()
 
     async def _claim_one(self) -> bool:
-        row = await self._guard(
-            self.store.claim(self.worker_id, self.runner.config.lease_seconds, list(self.engines))
-        )
+        # Each claim gets its own fencing token, so a stale run of a task this worker claimed
+        # again can never finish it.
+        self._claims += 1
+        claim_id = f"{self.worker_id}#{self._claims}"
+        lease = self.runner.config.lease_seconds
+        row = await self._guard(self.store.claim(claim_id, lease, list(self.engines)))
         if row is None:
             return False
         task = asyncio.create_task(self.runner.run(row), name=f"task-{row.id}")
-        self._active.add(task)
+        self._active[task] = claim_id
         task.add_done_callback(self._done)
         return True
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._active.discard(task)
+        self._active.pop(task, None)
         self.completed += 1
         self._wake.set()
 
@@ -110,12 +114,15 @@ class Worker:
         self._wake.set()
         if self._loop_task is not None:
             await asyncio.gather(self._loop_task, return_exceptions=True)
+        released = 0
         if self._active:
-            _, pending = await asyncio.wait(set(self._active), timeout=grace)
+            claims = dict(self._active)
+            _, pending = await asyncio.wait(set(claims), timeout=grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        released = await self._guard(self.store.release_worker(self.worker_id))
+            for task in pending:
+                released += await self._guard(self.store.release_worker(claims[task])) or 0
         if released:
             log.info("worker %s handed %d task(s) back to the queue", self.worker_id, released)
         for engine in self.engines.values():

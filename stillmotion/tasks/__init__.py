@@ -1,0 +1,1 @@
+"""Tasks: the task table is the queue (schema, migrations and the ``TaskStore``)."""

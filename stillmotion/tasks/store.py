@@ -1,0 +1,419 @@
+"""``TaskStore``: API keys and the task queue, on SQLite or PostgreSQL through SQLAlchemy Core.
+
+The task table is the queue. A claim hands a task to one worker with a lease; every later
+write by that worker is *fenced* (``WHERE id AND worker_id AND status = 'RUNNING'``), so a
+worker whose lease was taken over changes nothing. Every status change appends a
+``task_events`` row in the same transaction. Time comes from the injected ``clock``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from stillmotion.domain import TaskStatus
+from stillmotion.tasks import db
+from stillmotion.tasks.rows import ApiKeyRow, TaskRow
+from stillmotion.tasks.schema import api_keys, task_events, tasks
+
+__all__ = ["REAPED_CODE", "ApiKeyRow", "TaskRow", "TaskStore"]
+
+PENDING = TaskStatus.PENDING.value
+RUNNING = TaskStatus.RUNNING.value
+REAPED_CODE = "InternalError.Timeout"
+_STATUSES = tuple(s for s in TaskStatus if s is not TaskStatus.UNKNOWN)
+
+
+def _fence(task_id: str, worker_id: str) -> sa.ColumnElement[bool]:
+    return sa.and_(tasks.c.id == task_id, tasks.c.worker_id == worker_id, tasks.c.status == RUNNING)
+
+
+async def _event(
+    conn: AsyncConnection, task_id: str, at: float, kind: str, detail: dict[str, Any] | None = None
+) -> None:
+    await conn.execute(
+        sa.insert(task_events).values(task_id=task_id, at=at, kind=kind, detail=detail)
+    )
+
+
+class TaskStore:
+    """Open with ``await TaskStore.open(url)``, then ``await store.upgrade()`` once."""
+
+    def __init__(
+        self, url: sa.URL, read: AsyncEngine, write: AsyncEngine, clock: Callable[[], float]
+    ) -> None:
+        self.url = url
+        self.dialect: str = url.get_backend_name()
+        self._read = read
+        self._write = write
+        self._clock = clock
+
+    @classmethod
+    async def open(cls, url: str, *, clock: Callable[[], float] = time.time) -> TaskStore:
+        parsed = db.normalize_url(url)
+        read, write = db.create_engines(parsed)
+        return cls(parsed, read, write, clock)
+
+    async def close(self) -> None:
+        await self._read.dispose()
+        if self._write is not self._read:
+            await self._write.dispose()
+
+    async def upgrade(self) -> None:
+        """``alembic upgrade head`` (safe to call from several processes at once)."""
+        await db.upgrade(self.url)
+
+    # -- API keys ---------------------------------------------------------------------------
+
+    async def create_key(self, name: str, key_hash: str, prefix: str) -> ApiKeyRow:
+        row = ApiKeyRow(secrets.token_hex(6), name, prefix, self._clock(), None)
+        async with self._write.begin() as conn:
+            await conn.execute(sa.insert(api_keys).values(key_hash=key_hash, **asdict(row)))
+        return row
+
+    async def list_keys(self) -> list[ApiKeyRow]:
+        query = sa.select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+        async with self._read.connect() as conn:
+            return [ApiKeyRow.from_row(r._mapping) for r in await conn.execute(query)]
+
+    async def revoke_key(self, key_id_or_prefix: str) -> bool:
+        """Revoke the live key with this id, else the one live key with this prefix.
+
+        Raises ``ValueError`` when the prefix matches several live keys.
+        """
+        live = api_keys.c.revoked_at.is_(None)
+        async with self._write.begin() as conn:
+            ids = list(
+                await conn.scalars(
+                    sa.select(api_keys.c.id).where(live, api_keys.c.id == key_id_or_prefix)
+                )
+            )
+            if not ids:
+                match = sa.select(api_keys.c.id).where(live, api_keys.c.prefix == key_id_or_prefix)
+                ids = list(await conn.scalars(match))
+            if len(ids) > 1:
+                raise ValueError(f"{len(ids)} keys start with {key_id_or_prefix!r}; use the key id")
+            if not ids:
+                return False
+            revoke = (
+                sa.update(api_keys).where(api_keys.c.id == ids[0]).values(revoked_at=self._clock())
+            )
+            await conn.execute(revoke)
+        return True
+
+    async def key_by_hash(self, key_hash: str) -> ApiKeyRow | None:
+        query = sa.select(api_keys).where(
+            api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None)
+        )
+        async with self._read.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return ApiKeyRow.from_row(row._mapping) if row else None
+
+    # -- tasks: API side --------------------------------------------------------------------
+
+    async def create_task(
+        self,
+        *,
+        task_id: str,
+        key_id: str,
+        model: str,
+        engine: str,
+        request: dict[str, Any],
+        max_attempts: int,
+    ) -> TaskRow:
+        now = self._clock()
+        values: dict[str, Any] = dict(
+            id=task_id, key_id=key_id, model=model, engine=engine, status=PENDING,
+            request=request, created_at=now, updated_at=now, run_after=now, attempts=0,
+            max_attempts=max_attempts, progress=0.0, cancel_requested=False, engine_state={},
+        )  # fmt: skip
+        async with self._write.begin() as conn:
+            row = (await conn.execute(sa.insert(tasks).values(values).returning(tasks))).one()
+            await _event(conn, task_id, now, "created")
+        return TaskRow.from_row(row._mapping)
+
+    async def get_task(self, task_id: str) -> TaskRow | None:
+        async with self._read.connect() as conn:
+            row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
+        return TaskRow.from_row(row._mapping) if row else None
+
+    async def list_tasks(
+        self,
+        key_id: str,
+        *,
+        limit: int = 10,
+        offset: int = 0,
+        status: str | None = None,
+        model: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> tuple[list[TaskRow], int]:
+        """One key's tasks, newest first, and how many match. ``start``/``end`` are inclusive
+        bounds on ``created_at``."""
+        where = [tasks.c.key_id == key_id]
+        if status is not None:
+            where.append(tasks.c.status == status)
+        if model is not None:
+            where.append(tasks.c.model == model)
+        if start is not None:
+            where.append(tasks.c.created_at >= start)
+        if end is not None:
+            where.append(tasks.c.created_at <= end)
+        page = (
+            sa.select(tasks)
+            .where(*where)
+            .order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self._read.connect() as conn:  # one transaction: count and page agree
+            total = await conn.scalar(sa.select(sa.func.count()).select_from(tasks).where(*where))
+            rows = [TaskRow.from_row(r._mapping) for r in await conn.execute(page)]
+        return rows, int(total or 0)
+
+    async def cancel_pending(self, task_id: str, key_id: str) -> TaskRow | None:
+        now = self._clock()
+        stmt = (
+            sa.update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.key_id == key_id, tasks.c.status == PENDING)
+            .values(status=TaskStatus.CANCELED.value, ended_at=now, updated_at=now)
+            .returning(tasks)
+        )
+        async with self._write.begin() as conn:
+            row = (await conn.execute(stmt)).first()
+            if row is None:
+                return None
+            await _event(conn, task_id, now, "canceled")
+        return TaskRow.from_row(row._mapping)
+
+    async def request_cancel(self, task_id: str, key_id: str) -> bool:
+        stmt = (
+            sa.update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.key_id == key_id, tasks.c.status == RUNNING)
+            .values(cancel_requested=True, updated_at=self._clock())
+        )
+        async with self._write.begin() as conn:
+            return (await conn.execute(stmt)).rowcount > 0
+
+    # -- tasks: worker side -----------------------------------------------------------------
+
+    def _claim_statement(
+        self, worker_id: str, lease_seconds: float, engines: Sequence[str] | None, now: float
+    ) -> sa.UpdateBase:
+        cand = tasks.alias("cand")
+        busy = tasks.alias("busy")
+        load = (  # live RUNNING tasks of the candidate's key: fewest goes first
+            sa.select(sa.func.count())
+            .select_from(busy)
+            .where(
+                busy.c.key_id == cand.c.key_id,
+                busy.c.status == RUNNING,
+                busy.c.lease_expires_at >= now,
+            )
+            .scalar_subquery()
+        )
+        eligible = sa.or_(
+            sa.and_(cand.c.status == PENDING, cand.c.run_after <= now),
+            sa.and_(
+                cand.c.status == RUNNING,
+                cand.c.lease_expires_at < now,
+                cand.c.attempts < cand.c.max_attempts,
+            ),
+        )
+        pick = sa.select(cand.c.id).where(eligible)
+        if engines is not None:
+            pick = pick.where(cand.c.engine.in_(list(engines)))
+        pick = pick.order_by(load, cand.c.created_at, cand.c.id).limit(1)
+        if self.dialect == "postgresql":
+            chosen = pick.with_for_update(skip_locked=True, of=cand).cte("next_task")
+            stmt = sa.update(tasks).where(tasks.c.id == chosen.c.id)
+        else:  # SQLite: the write transaction is BEGIN IMMEDIATE, so nobody else is writing
+            stmt = sa.update(tasks).where(tasks.c.id == pick.scalar_subquery())
+        return stmt.values(
+            status=RUNNING,
+            worker_id=worker_id,
+            attempts=tasks.c.attempts + 1,
+            lease_expires_at=now + lease_seconds,
+            scheduled_at=sa.func.coalesce(tasks.c.scheduled_at, now),
+            updated_at=now,
+        ).returning(tasks)
+
+    async def claim(
+        self, worker_id: str, lease_seconds: float, engines: Sequence[str] | None = None
+    ) -> TaskRow | None:
+        """Take the next eligible task (fairly across keys); ``None`` when there is none."""
+        if engines is not None and not engines:
+            return None
+        now = self._clock()
+        stmt = self._claim_statement(worker_id, lease_seconds, engines, now)
+        async with self._write.begin() as conn:
+            row = (await conn.execute(stmt)).first()
+            if row is None:
+                return None
+            task = TaskRow.from_row(row._mapping)
+            await _event(
+                conn, task.id, now, "claimed", {"attempt": task.attempts, "worker": worker_id}
+            )
+        return task
+
+    async def _fenced(
+        self,
+        task_id: str,
+        worker_id: str,
+        now: float,
+        values: dict[str, Any],
+        event: tuple[str, dict[str, Any] | None] | None = None,
+    ) -> TaskRow | None:
+        stmt = (
+            sa.update(tasks)
+            .where(_fence(task_id, worker_id))
+            .values(updated_at=now, **values)
+            .returning(tasks)
+        )
+        async with self._write.begin() as conn:
+            row = (await conn.execute(stmt)).first()
+            if row is None:
+                return None
+            if event is not None:
+                await _event(conn, task_id, now, *event)
+        return TaskRow.from_row(row._mapping)
+
+    async def heartbeat(
+        self, task_id: str, worker_id: str, lease_seconds: float, progress: float | None = None
+    ) -> TaskRow | None:
+        """Extend the lease (and record progress); ``None`` means the lease was lost."""
+        now = self._clock()
+        values: dict[str, Any] = {"lease_expires_at": now + lease_seconds}
+        if progress is not None:
+            values["progress"] = min(max(float(progress), 0.0), 1.0)
+        return await self._fenced(task_id, worker_id, now, values)
+
+    async def save_state(self, task_id: str, worker_id: str, state: dict[str, Any]) -> bool:
+        now = self._clock()
+        return await self._fenced(task_id, worker_id, now, {"engine_state": state}) is not None
+
+    def _ended(self, now: float, status: TaskStatus, **values: Any) -> dict[str, Any]:
+        return {"status": status.value, "ended_at": now, "lease_expires_at": None, **values}
+
+    async def finish_success(self, task_id: str, worker_id: str, result: dict[str, Any]) -> bool:
+        now = self._clock()
+        values = self._ended(now, TaskStatus.SUCCEEDED, result=result, progress=1.0)
+        row = await self._fenced(task_id, worker_id, now, values, ("succeeded", None))
+        return row is not None
+
+    async def finish_failure(self, task_id: str, worker_id: str, code: str, message: str) -> bool:
+        now = self._clock()
+        values = self._ended(now, TaskStatus.FAILED, error_code=code, error_message=message)
+        event = ("failed", {"code": code, "message": message})
+        return await self._fenced(task_id, worker_id, now, values, event) is not None
+
+    async def finish_canceled(self, task_id: str, worker_id: str) -> bool:
+        now = self._clock()
+        values = self._ended(now, TaskStatus.CANCELED)
+        return await self._fenced(task_id, worker_id, now, values, ("canceled", None)) is not None
+
+    async def retry_later(
+        self, task_id: str, worker_id: str, delay: float, code: str, message: str
+    ) -> bool:
+        """Back to PENDING after ``delay`` seconds, or FAILED when no attempts are left."""
+        now = self._clock()
+        again = dict(status=PENDING, run_after=now + delay, worker_id=None, lease_expires_at=None)
+        failed = self._ended(now, TaskStatus.FAILED, error_code=code, error_message=message)
+        has_tries = tasks.c.attempts < tasks.c.max_attempts
+        async with self._write.begin() as conn:
+            for condition, values, kind, detail in (
+                (has_tries, again, "retry", {"code": code, "message": message, "delay": delay}),
+                (sa.not_(has_tries), failed, "failed", {"code": code, "message": message}),
+            ):
+                stmt = (
+                    sa.update(tasks)
+                    .where(_fence(task_id, worker_id), condition)
+                    .values(updated_at=now, **values)
+                )
+                if (await conn.execute(stmt)).rowcount:
+                    await _event(conn, task_id, now, kind, detail)
+                    return True
+        return False
+
+    async def release_worker(self, worker_id: str) -> int:
+        """Graceful shutdown: hand every RUNNING task of this worker back, attempt refunded."""
+        now = self._clock()
+        stmt = (
+            sa.update(tasks)
+            .where(tasks.c.worker_id == worker_id, tasks.c.status == RUNNING)
+            .values(
+                status=PENDING,
+                attempts=sa.case((tasks.c.attempts > 0, tasks.c.attempts - 1), else_=0),
+                worker_id=None,
+                lease_expires_at=None,
+                run_after=now,
+                updated_at=now,
+            )
+            .returning(tasks.c.id)
+        )
+        async with self._write.begin() as conn:
+            ids = list((await conn.execute(stmt)).scalars())
+            if ids:
+                detail = {"worker": worker_id}
+                rows = [dict(task_id=i, at=now, kind="released", detail=detail) for i in ids]
+                await conn.execute(sa.insert(task_events), rows)
+        return len(ids)
+
+    async def reap_expired(self) -> int:
+        """Fail RUNNING tasks whose lease expired with no attempts left; how many."""
+        now = self._clock()
+        message = (
+            sa.literal("the worker running this task stopped responding ")
+            + sa.cast(tasks.c.attempts, sa.String)
+            + sa.literal(" times")
+        )
+        stmt = (
+            sa.update(tasks)
+            .where(
+                tasks.c.status == RUNNING,
+                tasks.c.lease_expires_at < now,
+                tasks.c.attempts >= tasks.c.max_attempts,
+            )
+            .values(
+                **self._ended(now, TaskStatus.FAILED, error_code=REAPED_CODE),
+                error_message=message,
+                updated_at=now,
+            )
+            .returning(tasks.c.id, tasks.c.attempts)
+        )
+        async with self._write.begin() as conn:
+            reaped = list(await conn.execute(stmt))
+            if reaped:
+                rows = [
+                    dict(task_id=r.id, at=now, kind="reaped",
+                         detail={"code": REAPED_CODE, "attempts": r.attempts})
+                    for r in reaped
+                ]  # fmt: skip
+                await conn.execute(sa.insert(task_events), rows)
+        return len(reaped)
+
+    # -- inspection -------------------------------------------------------------------------
+
+    async def events(self, task_id: str) -> list[dict[str, Any]]:
+        query = (
+            sa.select(task_events.c.at, task_events.c.kind, task_events.c.detail)
+            .where(task_events.c.task_id == task_id)
+            .order_by(task_events.c.id)
+        )
+        async with self._read.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
+    async def counts(self) -> dict[str, int]:
+        """Tasks per status, every status present (zero when none)."""
+        query = sa.select(tasks.c.status, sa.func.count()).group_by(tasks.c.status)
+        out = {status.value: 0 for status in _STATUSES}
+        async with self._read.connect() as conn:
+            for status, count in await conn.execute(query):
+                out[status] = int(count)
+        return out
