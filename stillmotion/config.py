@@ -49,6 +49,11 @@ class Settings(BaseSettings):
         description="Let `img_url`/`audio_url` reach loopback, private and link-local addresses "
         "(local development only).",
     )
+    cancel_running: bool = Field(
+        False,
+        description="Let `POST /task/{id}/cancel` stop RUNNING tasks too (an extension; upstream "
+        "cancels PENDING tasks only). The engine stops at its next check and the task ends CANCELED.",
+    )
     lease_seconds: float = Field(30.0, gt=0, description="How long a claim lasts without renewal.")
     max_attempts: int = Field(3, ge=1, description="Claims of one task before it fails.")
     poll_interval: float = Field(0.5, gt=0, description="Idle worker's seconds between claims.")

@@ -118,3 +118,15 @@ class EngineCanceled(EngineError):
     """The engine stopped because its cancel signal was set."""
 
     code = "Canceled"
+
+
+class EngineDeferred(EngineError):
+    """The engine cannot start the task now (e.g. an upstream channel is at capacity): put it
+    back in the queue for ``delay`` seconds without spending an attempt."""
+
+    code = "Deferred"
+    retryable = True
+
+    def __init__(self, message: str, delay: float = 1.0):
+        super().__init__(message)
+        self.delay = delay

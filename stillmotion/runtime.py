@@ -81,7 +81,13 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     secret = load_or_create_secret(data_dir / "signing.key")
     signer = UrlSigner(secret, settings.base_url, settings.url_ttl_seconds)
     storage = LocalStorage(data_dir / "files", signer)
-    service = TaskService(store, storage, routes, max_attempts=settings.max_attempts)
+    service = TaskService(
+        store,
+        storage,
+        routes,
+        max_attempts=settings.max_attempts,
+        cancel_running=settings.cancel_running,
+    )
     return Runtime(
         settings=settings,
         store=store,

@@ -10,7 +10,7 @@ from stillmotion.api.app import create_app
 from stillmotion.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-INTERNAL_CODES = {"InternalError.LeaseLost", "Canceled"}  # never sent to clients
+INTERNAL_CODES = {"InternalError.LeaseLost", "Canceled", "Deferred"}  # never sent to clients
 
 
 def test_every_setting_is_documented() -> None:

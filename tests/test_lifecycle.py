@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 from urllib.parse import urlsplit
@@ -131,3 +132,25 @@ async def test_private_urls_refused_by_default(
         assert server.hits == []
     assert body["output"]["task_status"] == "FAILED"
     assert body["output"]["code"] == "InvalidURL"
+
+
+async def test_running_cancel_is_refused_by_default_and_stops_when_enabled(
+    client: httpx.AsyncClient, auth: dict[str, str], runtime: Runtime
+) -> None:
+    await runtime.start_worker()
+    task_id = await _submit(client, auth, seed_body(duration=15, resolution="1080P"))
+    for _ in range(400):
+        status = (await client.get(f"/task/{task_id}", headers=auth)).json()["output"]
+        if status["task_status"] == "RUNNING":
+            break
+        await asyncio.sleep(0.05)
+    assert status["task_status"] == "RUNNING"
+    resp = await client.post(f"/task/{task_id}/cancel", headers=auth)
+    assert resp.status_code == 400
+    assert resp.json()["code"] == "UnsupportedOperation"
+    runtime.service.cancel_running = True
+    resp = await client.post(f"/task/{task_id}/cancel", headers=auth)
+    assert resp.status_code == 200
+    body = await poll(client, task_id, auth, timeout=30)
+    assert body["output"]["task_status"] == "CANCELED"
+    assert "video_url" not in body["output"]

@@ -14,6 +14,13 @@ from stillmotion.domain import VideoRequest
 #: Called with a fraction in [0, 1]; may be awaited.
 ProgressFn = Callable[[float], Awaitable[None]]
 
+#: Persists engine-private state on the task (fenced); False means the claim was lost.
+SaveStateFn = Callable[[dict[str, Any]], Awaitable[bool]]
+
+
+async def _no_save(state: dict[str, Any]) -> bool:
+    return True
+
 
 class CancelSignal:
     """Set by the worker when the task's cancel was requested; engines check it."""
@@ -50,7 +57,10 @@ class EngineJob:
     work_dir: Path
     image_path: Path | None = None
     audio_path: Path | None = None
-    state: dict[str, Any] = field(default_factory=dict)  # engine-private, persisted on the task
+    #: engine-private state persisted on the task (e.g. a relay's upstream task id); a task
+    #: claimed again after a crash starts with what the last run saved
+    state: dict[str, Any] = field(default_factory=dict)
+    save_state: SaveStateFn = _no_save
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ class TaskService:
         *,
         default_engine: str = "motion",
         max_attempts: int = 3,
+        cancel_running: bool = False,
         on_submit: Callable[[TaskRow], None] | None = None,
     ):
         self.store = store
@@ -40,6 +41,7 @@ class TaskService:
         self.routes = dict(routes)
         self.default_engine = default_engine
         self.max_attempts = max_attempts
+        self.cancel_running = cancel_running
         self._on_submit = on_submit
 
     def engine_for(self, model: str) -> str:
@@ -83,11 +85,15 @@ class TaskService:
             return None
         return row
 
-    async def cancel(self, key_id: str, task_id: str) -> TaskRow:
+    async def cancel(self, key_id: str, task_id: str) -> None:
+        """Cancel a PENDING task. With ``cancel_running`` (an extension, off by default as
+        upstream), a RUNNING task is asked to stop and ends CANCELED when its engine does."""
         row = await self.store.cancel_pending(task_id, key_id)
-        if row is None or row.status is not TaskStatus.CANCELED:
-            raise UnsupportedOperation(CANCEL_REFUSED)
-        return row
+        if row is not None and row.status is TaskStatus.CANCELED:
+            return
+        if self.cancel_running and await self.store.request_cancel(task_id, key_id):
+            return
+        raise UnsupportedOperation(CANCEL_REFUSED)
 
     async def list(
         self,

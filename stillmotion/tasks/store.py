@@ -341,8 +341,9 @@ class TaskStore:
                     return True
         return False
 
-    async def release_worker(self, worker_id: str) -> int:
-        """Graceful shutdown: hand every RUNNING task of this worker back, attempt refunded."""
+    async def release_worker(self, worker_id: str, delay: float = 0.0) -> int:
+        """Hand every RUNNING task of this worker (or claim) back, attempt refunded: graceful
+        shutdown, or an engine deferring admission for ``delay`` seconds."""
         now = self._clock()
         stmt = (
             sa.update(tasks)
@@ -352,7 +353,7 @@ class TaskStore:
                 attempts=sa.case((tasks.c.attempts > 0, tasks.c.attempts - 1), else_=0),
                 worker_id=None,
                 lease_expires_at=None,
-                run_after=now,
+                run_after=now + delay,
                 updated_at=now,
             )
             .returning(tasks.c.id)
@@ -360,8 +361,9 @@ class TaskStore:
         async with self._write.begin() as conn:
             ids = list((await conn.execute(stmt)).scalars())
             if ids:
-                detail = {"worker": worker_id}
-                rows = [dict(task_id=i, at=now, kind="released", detail=detail) for i in ids]
+                detail = {"worker": worker_id, "delay": delay} if delay else {"worker": worker_id}
+                kind = "deferred" if delay else "released"
+                rows = [dict(task_id=i, at=now, kind=kind, detail=detail) for i in ids]
                 await conn.execute(sa.insert(task_events), rows)
         return len(ids)
 

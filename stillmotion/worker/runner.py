@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 from collections.abc import Mapping
@@ -16,7 +17,13 @@ from stillmotion import catalog
 from stillmotion.catalog import ModelSpec
 from stillmotion.domain import MediaRef, VideoRequest
 from stillmotion.engines.base import CancelSignal, Engine, EngineJob, EngineResult
-from stillmotion.errors import EngineCanceled, LeaseLost, PermanentEngineError, ServiceError
+from stillmotion.errors import (
+    EngineCanceled,
+    EngineDeferred,
+    LeaseLost,
+    PermanentEngineError,
+    ServiceError,
+)
 from stillmotion.media.fetch import FetchPolicy, fetch_to_file
 from stillmotion.media.geometry import frame_count, output_size
 from stillmotion.media.probe import probe_audio, probe_image
@@ -86,6 +93,8 @@ class TaskRunner:
             if beat.lost:
                 raise LeaseLost("lease lost while rendering")
             stored = await self._store_result(row.id, result)
+        except EngineDeferred as exc:
+            await self._finish(self.store.release_worker(_claim(row), exc.delay))
         except EngineCanceled:
             await self._finish(self.store.finish_canceled(row.id, _claim(row)))
         except LeaseLost:
@@ -126,6 +135,7 @@ class TaskRunner:
             image_path=image_path,
             audio_path=audio_path,
             state=dict(row.engine_state),
+            save_state=functools.partial(self.store.save_state, row.id, _claim(row)),
         )
 
     async def _media(self, ref: MediaRef, dest: Path, what: str, max_bytes: int) -> Path:

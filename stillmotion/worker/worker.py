@@ -43,7 +43,7 @@ class Worker:
         self.runner = TaskRunner(store, storage, self.engines, config)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._active: dict[asyncio.Task[None], str] = {}  # running task -> its claim id
+        self._active: dict[asyncio.Task[None], tuple[str, str]] = {}  # task -> (claim, engine)
         self._claims = 0
         self._loop_task: asyncio.Task[None] | None = None
         self.completed = 0
@@ -71,21 +71,34 @@ class Worker:
             if loop.time() - last_reap > self.runner.config.lease_seconds / 2:
                 last_reap = loop.time()
                 await self._guard(self.store.reap_expired())
-            claimed = len(self._active) < self.concurrency and await self._claim_one()
+            free = self._free_engines()
+            claimed = bool(free) and await self._claim_one(free)
             if not claimed:
                 await self._idle()
 
-    async def _claim_one(self) -> bool:
+    def limit(self, engine: str) -> int:
+        """Tasks of ``engine`` run at once: the engine's own ``max_concurrency`` (a relay may
+        keep hundreds in flight) or the worker's ``concurrency``."""
+        own = getattr(self.engines[engine], "max_concurrency", None)
+        return int(own) if own else self.concurrency
+
+    def _free_engines(self) -> list[str]:
+        busy: dict[str, int] = {}
+        for _, engine in self._active.values():
+            busy[engine] = busy.get(engine, 0) + 1
+        return [e for e in self.engines if busy.get(e, 0) < self.limit(e)]
+
+    async def _claim_one(self, engines: list[str]) -> bool:
         # Each claim gets its own fencing token, so a stale run of a task this worker claimed
         # again can never finish it.
         self._claims += 1
         claim_id = f"{self.worker_id}#{self._claims}"
         lease = self.runner.config.lease_seconds
-        row = await self._guard(self.store.claim(claim_id, lease, list(self.engines)))
+        row = await self._guard(self.store.claim(claim_id, lease, engines))
         if row is None:
             return False
         task = asyncio.create_task(self.runner.run(row), name=f"task-{row.id}")
-        self._active[task] = claim_id
+        self._active[task] = (claim_id, row.engine)
         task.add_done_callback(self._done)
         return True
 
@@ -122,7 +135,7 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
             for task in pending:
-                released += await self._guard(self.store.release_worker(claims[task])) or 0
+                released += await self._guard(self.store.release_worker(claims[task][0])) or 0
         if released:
             log.info("worker %s handed %d task(s) back to the queue", self.worker_id, released)
         for engine in self.engines.values():
