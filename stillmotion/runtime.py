@@ -6,8 +6,10 @@ Used by the CLI, the API's lifespan and the tests; nothing below this layer impo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stillmotion import catalog
 from stillmotion.api.render import TaskRenderer
@@ -98,9 +100,24 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     )
 
 
+def _motion_options(settings: Settings) -> dict[str, Any]:
+    return {"processes": max(1, settings.workers)}
+
+
+#: Per engine, the keyword options its factory gets from the settings. An engine not listed
+#: here (a plugin) is created with no options and reads its own configuration.
+ENGINE_OPTIONS: dict[str, Callable[[Settings], dict[str, Any]]] = {
+    "motion": _motion_options,
+}
+
+
 def build_engines(settings: Settings, names: list[str] | None = None) -> dict[str, Engine]:
     wanted = names or sorted(set(resolve_routes(settings).values()))
-    return {name: create_engine(name, processes=max(1, settings.workers)) for name in wanted}
+    engines: dict[str, Engine] = {}
+    for name in wanted:
+        options = ENGINE_OPTIONS.get(name, lambda _: {})(settings)
+        engines[name] = create_engine(name, **options)
+    return engines
 
 
 def build_worker(runtime: Runtime, engines: list[str] | None = None) -> Worker:
