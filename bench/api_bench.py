@@ -27,14 +27,20 @@ import httpx
 
 SUBMIT_BODY: dict[str, Any] = {
     "model": "wan2.6-i2v-flash",
-    "input": {"prompt": "A cat walks through the garden, the camera pushes in.",
-              "img_url": "https://example.com/frames/cat.png"},
+    "input": {
+        "prompt": "A cat walks through the garden, the camera pushes in.",
+        "img_url": "https://example.com/frames/cat.png",
+    },
     "parameters": {"resolution": "720P", "duration": 5, "prompt_extend": True, "audio": True},
 }
 TASK_BODY: dict[str, Any] = {
     "request_id": "r",
-    "output": {"task_id": "t", "task_status": "PENDING", "submit_time": "2026-11-24 10:00:00.000",
-               "orig_prompt": SUBMIT_BODY["input"]["prompt"]},
+    "output": {
+        "task_id": "t",
+        "task_status": "PENDING",
+        "submit_time": "2026-11-24 10:00:00.000",
+        "orig_prompt": SUBMIT_BODY["input"]["prompt"],
+    },
 }
 
 
@@ -50,7 +56,9 @@ def bare_app() -> Any:
     async def submit(request: Request) -> JSONResponse:
         json.loads(await request.body())
         tid = str(uuid.uuid4())
-        return JSONResponse({"request_id": tid, "output": {"task_id": tid, "task_status": "PENDING"}})
+        return JSONResponse(
+            {"request_id": tid, "output": {"task_id": tid, "task_status": "PENDING"}}
+        )
 
     @app.get("/task/{task_id}")
     async def query(task_id: str) -> JSONResponse:
@@ -112,7 +120,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def measure(base: str, headers: dict[str, str], task_id: str, args: argparse.Namespace) -> dict[str, Any]:
+async def measure(
+    base: str, headers: dict[str, str], task_id: str, args: argparse.Namespace
+) -> dict[str, Any]:
     def submit(c: httpx.AsyncClient) -> Any:
         return c.post("/task/bailian/image2video", json=SUBMIT_BODY, headers=headers)
 
@@ -127,10 +137,23 @@ async def measure(base: str, headers: dict[str, str], task_id: str, args: argpar
 
 
 def start_stillmotion(data_dir: str, port: int) -> tuple[subprocess.Popen[bytes], str]:
-    env = {**os.environ, "STILLMOTION_DATA_DIR": data_dir, "STILLMOTION_PORT": str(port),
-           "STILLMOTION_WORKERS": "0", "STILLMOTION_LOG_LEVEL": "warning"}
-    key = subprocess.run([sys.executable, "-m", "stillmotion", "keys", "create", "--name", "bench"],
-                         env=env, capture_output=True, check=True).stdout.decode().strip()
+    env = {
+        **os.environ,
+        "STILLMOTION_DATA_DIR": data_dir,
+        "STILLMOTION_PORT": str(port),
+        "STILLMOTION_WORKERS": "0",
+        "STILLMOTION_LOG_LEVEL": "warning",
+    }
+    key = (
+        subprocess.run(
+            [sys.executable, "-m", "stillmotion", "keys", "create", "--name", "bench"],
+            env=env,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
     proc = subprocess.Popen([sys.executable, "-m", "stillmotion", "serve"], env=env)
     return proc, key
 
@@ -144,8 +167,13 @@ def main() -> None:
     if args.bare_server:
         import uvicorn
 
-        uvicorn.run(bare_app(), host="127.0.0.1", port=args.bare_server, log_level="warning",
-                    access_log=False)
+        uvicorn.run(
+            bare_app(),
+            host="127.0.0.1",
+            port=args.bare_server,
+            log_level="warning",
+            access_log=False,
+        )
         return
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,8 +192,9 @@ def main() -> None:
         headers = {"Authorization": f"Bearer {key}"}
         try:
             wait_up(base, proc)
-            task_id = httpx.post(base + "/task/bailian/image2video", json=SUBMIT_BODY,
-                                 headers=headers).json()["output"]["task_id"]
+            task_id = httpx.post(
+                base + "/task/bailian/image2video", json=SUBMIT_BODY, headers=headers
+            ).json()["output"]["task_id"]
             results["stillmotion"] = asyncio.run(measure(base, headers, task_id, args))
         finally:
             proc.terminate()
@@ -174,8 +203,10 @@ def main() -> None:
 
 
 def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
-    print(f"loopback, {args.concurrency} concurrent connections, {args.seconds:.0f} s per run, "
-          f"{os.cpu_count()} cores")
+    print(
+        f"loopback, {args.concurrency} concurrent connections, {args.seconds:.0f} s per run, "
+        f"{os.cpu_count()} cores"
+    )
     print(f"{'endpoint':<8} {'server':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for what in ("submit", "query"):
         for server in ("bare", "stillmotion"):
@@ -185,7 +216,9 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None
     for what, target in targets.items():
         ratio = results["stillmotion"][what][0] / results["bare"][what][0]
         verdict = "PASS" if ratio >= target else "FAIL"
-        print(f"{what} throughput ratio stillmotion/bare: {ratio:.2f} (target >= {target}) {verdict}")
+        print(
+            f"{what} throughput ratio stillmotion/bare: {ratio:.2f} (target >= {target}) {verdict}"
+        )
 
 
 if __name__ == "__main__":

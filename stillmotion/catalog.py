@@ -98,7 +98,7 @@ MODELS: Mapping[str, ModelSpec] = {
             image_max_bytes=20 * _MB,
             price_cny={"720P": 0.3, "1080P": 0.5},
             price_cny_silent={"720P": 0.15, "1080P": 0.25},
-            description="Wan 2.6 flash: fast, with audio by default; audio=false gives silent video",
+            description="Wan 2.6 flash: with audio by default; audio=false gives silent video",
         ),
         ModelSpec(
             name="wan2.6-i2v",

@@ -17,8 +17,11 @@ from stillmotion.config import Settings, load_settings
 from stillmotion.runtime import ConfigurationError, open_runtime
 from stillmotion.tasks.keys import create_key
 
-app = typer.Typer(help="stillmotion: a Bailian/DashScope-compatible image-to-video service.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="stillmotion: a Bailian/DashScope-compatible image-to-video service.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -60,10 +63,17 @@ def serve(
 
     settings = _settings(config, host=host, port=port, data_dir=data_dir, workers=workers)
     _run(_check_start(settings))
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
     err.print(f"stillmotion serving on {settings.base_url} (data: {settings.data_dir.resolve()})")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
 
 
 async def _check_start(settings: Settings) -> None:
@@ -76,12 +86,16 @@ async def _check_start(settings: Settings) -> None:
 def worker(
     data_dir: DataDir = None,
     workers: Annotated[int | None, typer.Option(help="Tasks run at once.")] = None,
-    engine: Annotated[list[str] | None, typer.Option(help="Engines to run (default: all routed).")] = None,
+    engine: Annotated[
+        list[str] | None, typer.Option(help="Engines to run (default: all routed).")
+    ] = None,
     config: ConfigFile = None,
 ) -> None:
     """Run a worker without the HTTP API (for example a GPU worker beside `serve --workers 0`)."""
     settings = _settings(config, data_dir=data_dir, workers=workers)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
     _run(_worker_main(settings, engine or None))
 
 
@@ -129,7 +143,9 @@ def keys_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
             rows = await runtime.store.list_keys()
         finally:
             await runtime.close()
-        return [(r.id, r.name, r.prefix + "…", "revoked" if r.revoked_at else "active") for r in rows]
+        return [
+            (r.id, r.name, r.prefix + "…", "revoked" if r.revoked_at else "active") for r in rows
+        ]
 
     rows = _run(go())
     table = Table("id", "name", "prefix", "state")

@@ -41,8 +41,8 @@ class Settings(BaseSettings):
     run_worker: bool = Field(True, description="Run the worker inside `serve`.")
     routes: str = Field(
         "",
-        description="Which engine serves which model, e.g. `wan2.6-i2v=motion,wan2.5-i2v-preview=motion`; "
-        "models not named use `motion`.",
+        description="Which engine serves which model, e.g. "
+        "`wan2.6-i2v=motion,wan2.5-i2v-preview=motion`; models not named use `motion`.",
     )
     allow_private_urls: bool = Field(
         False,
@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     cancel_running: bool = Field(
         False,
         description="Let `POST /task/{id}/cancel` stop RUNNING tasks too (an extension; upstream "
-        "cancels PENDING tasks only). The engine stops at its next check and the task ends CANCELED.",
+        "cancels PENDING tasks only). The engine stops at its next check; the task ends CANCELED.",
     )
     lease_seconds: float = Field(30.0, gt=0, description="How long a claim lasts without renewal.")
     max_attempts: int = Field(3, ge=1, description="Claims of one task before it fails.")

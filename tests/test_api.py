@@ -52,9 +52,7 @@ async def test_bad_keys_get_401(
     assert resp.status_code == 401
 
 
-async def test_revoked_key_is_refused(
-    client: httpx.AsyncClient, runtime: Runtime
-) -> None:
+async def test_revoked_key_is_refused(client: httpx.AsyncClient, runtime: Runtime) -> None:
     new = await create_key(runtime.store, "short-lived")
     headers = {"Authorization": f"Bearer {new.key}"}
     assert (await client.get("/task/x", headers=headers)).status_code == 200
@@ -92,9 +90,11 @@ BAD = [
     (_body(model="wan2.5-i2v-preview", parameters__duration=3), "InvalidParameter", "5 or 10"),
     (_body(model="wan2.6-i2v", parameters__audio=False), "InvalidParameter", "parameters.audio"),
     (_body(parameters__shot_type="triple"), "InvalidParameter", "single, multi"),
-    (_body(model="wan2.5-i2v-preview", parameters__duration=5, parameters__shot_type="multi"),
-     "InvalidParameter",
-     "shot_type"),
+    (
+        _body(model="wan2.5-i2v-preview", parameters__duration=5, parameters__shot_type="multi"),
+        "InvalidParameter",
+        "shot_type",
+    ),
     (_body(parameters__seed=-1), "InvalidParameter", "2147483647"),
     (_body(parameters__seed=2**31), "InvalidParameter", "seed"),
     (_body(parameters__prompt_extend="yes"), "InvalidParameter", "prompt_extend"),
@@ -116,7 +116,9 @@ async def test_invalid_requests_name_the_field(
     assert needle in err["message"]
 
 
-async def test_malformed_json_and_empty_body(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+async def test_malformed_json_and_empty_body(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
     headers = {**auth, "Content-Type": "application/json"}
     resp = await client.post("/task/bailian/image2video", content=b"{nope", headers=headers)
     assert resp.status_code == 400
@@ -138,16 +140,25 @@ async def test_too_large_body_is_413(
 async def test_defaults_and_truncation(
     client: httpx.AsyncClient, auth: dict[str, str], runtime: Runtime
 ) -> None:
-    body = {"model": "wan2.6-i2v", "input": {"img_url": data_uri(480, 320),
-                                             "prompt": "x" * 2000,
-                                             "negative_prompt": "n" * 600}}
+    body = {
+        "model": "wan2.6-i2v",
+        "input": {
+            "img_url": data_uri(480, 320),
+            "prompt": "x" * 2000,
+            "negative_prompt": "n" * 600,
+        },
+    }
     resp = await submit(client, auth, body)
     assert resp.status_code == 200, resp.text
     row = await runtime.store.get_task(resp.json()["output"]["task_id"])
     assert row is not None
     req = row.request
     assert (req["resolution"], req["duration"], req["audio"], req["shot_type"]) == (
-        "1080P", 5, True, "single")
+        "1080P",
+        5,
+        True,
+        "single",
+    )
     assert len(req["prompt"]) == 1500 and len(req["negative_prompt"]) == 500
     assert 0 <= req["seed"] <= 2147483647
     assert req["image"]["storage_key"].startswith(f"inputs/{row.id}/")
@@ -157,8 +168,12 @@ async def test_sdk_style_body_is_accepted(client: httpx.AsyncClient, auth: dict[
     body = {
         "model": "wan2.5-i2v-preview",
         "parameters": {"audio": True, "duration": 5, "resolution": "480P"},
-        "input": {"prompt": None, "extend_prompt": True, "function": "video-synthesis",
-                  "img_url": data_uri(300, 300)},
+        "input": {
+            "prompt": None,
+            "extend_prompt": True,
+            "function": "video-synthesis",
+            "img_url": data_uri(300, 300),
+        },
     }
     resp = await submit(client, auth, body)
     assert resp.status_code == 200, resp.text

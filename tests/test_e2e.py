@@ -49,13 +49,19 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "stillmotion", *args], env=self.env,
-                             capture_output=True, timeout=60, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "stillmotion", *args],
+            env=self.env,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
         return out.stdout.decode()
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "stillmotion", "serve"], env=self.env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stillmotion", "serve"], env=self.env, start_new_session=True
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -87,8 +93,9 @@ def server(tmp_path: Path) -> Iterator[Server]:
 def _poll(server: Server, task_id: str, key: str, until: set[str], timeout: float = 120) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = requests.get(f"{server.base}/task/{task_id}",
-                            headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
+        body = requests.get(
+            f"{server.base}/task/{task_id}", headers={"Authorization": f"Bearer {key}"}, timeout=10
+        ).json()
         if body["output"]["task_status"] in until:
             return body
         time.sleep(0.1)
@@ -96,11 +103,17 @@ def _poll(server: Server, task_id: str, key: str, until: set[str], timeout: floa
 
 
 def _submit(server: Server, key: str, img_url: str, **params: Any) -> str:
-    body = {"model": "wan2.6-i2v-flash",
-            "input": {"prompt": "镜头缓慢推近, a quiet harbour at dawn", "img_url": img_url},
-            "parameters": {"resolution": "720P", "duration": 3, "audio": True, **params}}
-    resp = requests.post(f"{server.base}/task/bailian/image2video", json=body,
-                         headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    body = {
+        "model": "wan2.6-i2v-flash",
+        "input": {"prompt": "镜头缓慢推近, a quiet harbour at dawn", "img_url": img_url},
+        "parameters": {"resolution": "720P", "duration": 3, "audio": True, **params},
+    }
+    resp = requests.post(
+        f"{server.base}/task/bailian/image2video",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
     assert resp.status_code == 200, resp.text
     assert resp.json()["output"]["task_status"] == "PENDING"
     return str(resp.json()["output"]["task_id"])

@@ -12,7 +12,17 @@ PKG = Path(__file__).resolve().parents[1] / "stillmotion"
 # layer -> package prefixes it must never import
 FORBIDDEN = {
     "domain": ["api", "tasks", "worker", "engines", "storage", "media", "cli", "runtime", "config"],
-    "catalog": ["api", "tasks", "worker", "engines", "storage", "media", "cli", "runtime", "config"],
+    "catalog": [
+        "api",
+        "tasks",
+        "worker",
+        "engines",
+        "storage",
+        "media",
+        "cli",
+        "runtime",
+        "config",
+    ],
     "errors": ["api", "tasks", "worker", "engines", "storage", "media", "cli", "runtime", "config"],
     "media": ["api", "tasks", "worker", "engines", "storage", "cli", "runtime", "config"],
     "storage": ["api", "tasks", "worker", "engines", "cli", "runtime", "config"],

@@ -42,9 +42,14 @@ async def test_task_succeeds_and_video_downloads(
     for field in ("submit_time", "scheduled_time", "end_time"):
         assert TIME.match(out[field]), field
     assert out["submit_time"] <= out["scheduled_time"] <= out["end_time"]
-    assert body["usage"] == {"duration": 2, "input_video_duration": 0,
-                             "output_video_duration": 2, "SR": 720, "video_count": 1,
-                             "audio": True}
+    assert body["usage"] == {
+        "duration": 2,
+        "input_video_duration": 0,
+        "output_video_duration": 2,
+        "SR": 720,
+        "video_count": 1,
+        "audio": True,
+    }
     url = urlsplit(out["video_url"])
     assert out["video_url"].startswith(worker_runtime.settings.base_url + "/files/")
     video = await client.get(f"{url.path}?{url.query}")
@@ -95,7 +100,10 @@ async def test_url_image_and_silent_flash(
     video = await client.get(f"{url.path}?{url.query}")
     with av.open(io.BytesIO(video.content)) as container:
         assert len(container.streams.audio) == 0
-        assert container.streams.video[0].codec_context.height > container.streams.video[0].codec_context.width
+        assert (
+            container.streams.video[0].codec_context.height
+            > container.streams.video[0].codec_context.width
+        )
 
 
 @pytest.mark.parametrize(
@@ -109,8 +117,10 @@ async def test_url_image_and_silent_flash(
 async def test_media_problems_fail_the_task(
     client: httpx.AsyncClient, auth: dict[str, str], worker_runtime: Runtime, path: str, code: str
 ) -> None:
-    files = {"/text.png": (b"hello, not an image", "image/png"),
-             "/tiny.png": (image_bytes(100, 100), "image/png")}
+    files = {
+        "/text.png": (b"hello, not an image", "image/png"),
+        "/tiny.png": (image_bytes(100, 100), "image/png"),
+    }
     with MediaServer(files) as server:
         task_id = await _submit(client, auth, seed_body(server.url(path)))
         body = await poll(client, task_id, auth)

@@ -59,11 +59,19 @@ def test_catalog_rules() -> None:
 def test_usage_shapes() -> None:
     flash = catalog.MODELS["wan2.6-i2v-flash"]
     assert catalog.usage_for(flash, "1080P", 5, False) == {
-        "duration": 5, "input_video_duration": 0, "output_video_duration": 5, "SR": 1080,
-        "video_count": 1, "audio": False}
+        "duration": 5,
+        "input_video_duration": 0,
+        "output_video_duration": 5,
+        "SR": 1080,
+        "video_count": 1,
+        "audio": False,
+    }
     assert "audio" not in catalog.usage_for(catalog.MODELS["wan2.6-i2v"], "720P", 5, True)
     assert catalog.usage_for(catalog.MODELS["wan2.5-i2v-preview"], "480P", 10, True) == {
-        "duration": 10, "SR": 480, "video_count": 1}
+        "duration": 10,
+        "SR": 480,
+        "video_count": 1,
+    }
 
 
 def test_signer_round_trip_and_expiry(tmp_path: Path) -> None:

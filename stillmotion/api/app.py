@@ -41,8 +41,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         finally:
             await rt.close()
 
-    app = FastAPI(title="stillmotion", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="stillmotion", version=__version__, description=DESCRIPTION, lifespan=lifespan
+    )
     if runtime is not None:
         app.state.runtime = runtime
     install_error_handlers(app)

@@ -53,7 +53,9 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "InternalError" if exc.status_code >= 500 else "BadRequest")
+    code = _HTTP_CODES.get(
+        exc.status_code, "InternalError" if exc.status_code >= 500 else "BadRequest"
+    )
     message = str(exc.detail) if exc.detail else code
     return error_response(request_id(request), code, message, exc.status_code)
 
@@ -112,8 +114,9 @@ class BodyLimitMiddleware:
         return f"Request body is larger than {self.max_bytes // 2**20} MB."
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(str(uuid.uuid4()), TooLarge.code, self._message(), 413,
-                                  {"Connection": "close"})
+        response = error_response(
+            str(uuid.uuid4()), TooLarge.code, self._message(), 413, {"Connection": "close"}
+        )
         await response(scope, receive, send)
 
 

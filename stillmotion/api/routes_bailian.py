@@ -29,9 +29,18 @@ async def read_json(request: Request) -> Any:
     "/task/bailian/image2video",
     response_model=SubmitResponse,
     summary="Submit a first-frame image-to-video task",
-    openapi_extra={"requestBody": {"content": {"application/json": {
-        "schema": SubmitBody.model_json_schema(ref_template="#/components/schemas/{model}")}},
-        "required": True}},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {
+                    "schema": SubmitBody.model_json_schema(
+                        ref_template="#/components/schemas/{model}"
+                    )
+                }
+            },
+            "required": True,
+        }
+    },
 )
 async def submit(request: Request, runtime: RuntimeDep, key: KeyDep, rid: RequestIdDep) -> Any:
     body = await read_json(request)
@@ -40,8 +49,12 @@ async def submit(request: Request, runtime: RuntimeDep, key: KeyDep, rid: Reques
     return JSONResponse({"request_id": rid, "output": output})
 
 
-@router.get("/task/{task_id}", response_model=TaskResponse, response_model_exclude_none=True,
-            summary="Query a task")
+@router.get(
+    "/task/{task_id}",
+    response_model=TaskResponse,
+    response_model_exclude_none=True,
+    summary="Query a task",
+)
 async def query(task_id: str, runtime: RuntimeDep, key: KeyDep, rid: RequestIdDep) -> Any:
     row = await runtime.service.get(key.id, task_id)
     if row is None:
@@ -49,8 +62,11 @@ async def query(task_id: str, runtime: RuntimeDep, key: KeyDep, rid: RequestIdDe
     return JSONResponse(runtime.renderer.body(row, rid))
 
 
-@router.post("/task/{task_id}/cancel", summary="Cancel a PENDING task",
-             responses={400: {"model": ErrorResponse}})
+@router.post(
+    "/task/{task_id}/cancel",
+    summary="Cancel a PENDING task",
+    responses={400: {"model": ErrorResponse}},
+)
 async def cancel(task_id: str, runtime: RuntimeDep, key: KeyDep, rid: RequestIdDep) -> Any:
     await runtime.service.cancel(key.id, task_id)
     return {"request_id": rid}

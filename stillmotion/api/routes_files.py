@@ -14,7 +14,10 @@ router = APIRouter(tags=["files"])
 @router.head("/files/{key:path}", include_in_schema=False)
 @router.get("/files/{key:path}", summary="Download a result (signed URL; Range supported)")
 async def download(
-    key: str, runtime: RuntimeDep, Expires: int = 0, Signature: str = ""  # noqa: N803
+    key: str,
+    runtime: RuntimeDep,
+    Expires: int = 0,
+    Signature: str = "",  # noqa: N803
 ) -> FileResponse:
     if not Signature or not runtime.storage.verify(key, Expires, Signature):
         raise AccessDenied("The signature of this URL is invalid or it has expired.")

@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class SubmitInput(BaseModel):
     prompt: str | None = Field(None, description="Up to 1500 characters; longer is truncated.")
-    img_url: str = Field(description="http(s) URL or `data:{mime};base64,{data}` of the first frame.")
+    img_url: str = Field(
+        description="http(s) URL or `data:{mime};base64,{data}` of the first frame."
+    )
     audio_url: str | None = Field(None, description="wav/mp3, 3-30 s, <= 15 MB.")
     negative_prompt: str | None = Field(None, description="Up to 500 characters.")
 

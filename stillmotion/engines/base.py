@@ -82,7 +82,9 @@ class Engine(Protocol):
     name: str
     needs_media: bool
 
-    async def generate(self, job: EngineJob, progress: ProgressFn, cancel: CancelSignal) -> EngineResult:
+    async def generate(
+        self, job: EngineJob, progress: ProgressFn, cancel: CancelSignal
+    ) -> EngineResult:
         """Make the video for ``job``; raise an ``EngineError`` subclass on failure."""
         ...
 

@@ -1,7 +1,7 @@
 """A tiny threaded HTTP server on loopback serving fixed bytes, for tests and local trials.
 
-    with MediaServer({"/cat.png": (png_bytes, "image/png")}) as server:
-        url = server.url("/cat.png")
+with MediaServer({"/cat.png": (png_bytes, "image/png")}) as server:
+    url = server.url("/cat.png")
 """
 
 from __future__ import annotations

@@ -79,7 +79,9 @@ class TaskRunner:
                 await beat_task
             await asyncio.to_thread(shutil.rmtree, work_dir, True)
 
-    async def _run(self, row: TaskRow, work_dir: Path, beat: _Heartbeat, cancel: CancelSignal) -> None:
+    async def _run(
+        self, row: TaskRow, work_dir: Path, beat: _Heartbeat, cancel: CancelSignal
+    ) -> None:
         engine = self.engines[row.engine]
         request = VideoRequest.from_json(row.request)
         spec = catalog.get_model(row.model)
@@ -115,13 +117,18 @@ class TaskRunner:
         image_path = audio_path = None
         width = height = 0
         if engine.needs_media:
-            image_path = await self._media(request.image, work_dir / "input-image", "img_url",
-                                           spec.image_max_bytes)
+            image_path = await self._media(
+                request.image, work_dir / "input-image", "img_url", spec.image_max_bytes
+            )
             info = await asyncio.to_thread(probe_image, image_path, max_bytes=spec.image_max_bytes)
             width, height = output_size(info.width, info.height, request.resolution)
             if request.audio and request.audio_source is not None:
-                audio_path = await self._media(request.audio_source, work_dir / "input-audio",
-                                               "audio_url", catalog.AUDIO_MAX_BYTES)
+                audio_path = await self._media(
+                    request.audio_source,
+                    work_dir / "input-audio",
+                    "audio_url",
+                    catalog.AUDIO_MAX_BYTES,
+                )
                 await asyncio.to_thread(probe_audio, audio_path)
         return EngineJob(
             task_id=row.id,
@@ -206,7 +213,9 @@ class _Heartbeat:
             await asyncio.sleep(interval)
             try:
                 row = await store.heartbeat(
-                    self.task_id, self.claim, self.runner.config.lease_seconds,
+                    self.task_id,
+                    self.claim,
+                    self.runner.config.lease_seconds,
                     self._progress,
                 )
             except Exception:
