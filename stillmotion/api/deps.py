@@ -1,10 +1,12 @@
-"""FastAPI dependencies: the runtime from app.state, the caller's key, the request id."""
+"""FastAPI dependencies: one per request, giving the runtime, the caller's key and the
+request id (a single dependency keeps the per-request overhead small)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 
 from stillmotion.api.errors import request_id
 from stillmotion.runtime import Runtime
@@ -16,12 +18,22 @@ def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
-async def get_key(
-    request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-) -> ApiKeyRow:
+@dataclass(frozen=True)
+class Caller:
+    runtime: Runtime
+    key: ApiKeyRow
+    request_id: str
+
+
+async def get_caller(request: Request) -> Caller:
+    """Authenticate ``Authorization: Bearer <key>`` (401 ``InvalidApiKey`` otherwise)."""
     runtime = get_runtime(request)
-    return await runtime.keys.verify(authorization)
+    key = await runtime.keys.verify(request.headers.get("authorization"))
+    return Caller(runtime, key, request_id(request))
+
+
+async def get_key(request: Request) -> ApiKeyRow:
+    return await get_runtime(request).keys.verify(request.headers.get("authorization"))
 
 
 def get_request_id(request: Request) -> str:
@@ -29,5 +41,6 @@ def get_request_id(request: Request) -> str:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
 KeyDep = Annotated[ApiKeyRow, Depends(get_key)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]

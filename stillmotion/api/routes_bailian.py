@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from stillmotion.api.deps import KeyDep, RequestIdDep, RuntimeDep
+from stillmotion.api.deps import CallerDep
 from stillmotion.api.schemas import ErrorResponse, SubmitBody, SubmitResponse, TaskResponse
 from stillmotion.errors import InvalidParameter
 
@@ -42,11 +42,11 @@ async def read_json(request: Request) -> Any:
         }
     },
 )
-async def submit(request: Request, runtime: RuntimeDep, key: KeyDep, rid: RequestIdDep) -> Any:
+async def submit(request: Request, caller: CallerDep) -> Any:
     body = await read_json(request)
-    row = await runtime.service.submit(key.id, body)
+    row = await caller.runtime.service.submit(caller.key.id, body)
     output = {"task_id": row.id, "task_status": row.status.value}
-    return JSONResponse({"request_id": rid, "output": output})
+    return JSONResponse({"request_id": caller.request_id, "output": output})
 
 
 @router.get(
@@ -55,11 +55,12 @@ async def submit(request: Request, runtime: RuntimeDep, key: KeyDep, rid: Reques
     response_model_exclude_none=True,
     summary="Query a task",
 )
-async def query(task_id: str, runtime: RuntimeDep, key: KeyDep, rid: RequestIdDep) -> Any:
-    row = await runtime.service.get(key.id, task_id)
+async def query(task_id: str, caller: CallerDep) -> Any:
+    renderer, rid = caller.runtime.renderer, caller.request_id
+    row = await caller.runtime.service.get(caller.key.id, task_id)
     if row is None:
-        return JSONResponse(runtime.renderer.unknown(task_id, rid))
-    return JSONResponse(runtime.renderer.body(row, rid))
+        return JSONResponse(renderer.unknown(task_id, rid))
+    return JSONResponse(renderer.body(row, rid))
 
 
 @router.post(
@@ -67,6 +68,6 @@ async def query(task_id: str, runtime: RuntimeDep, key: KeyDep, rid: RequestIdDe
     summary="Cancel a PENDING task",
     responses={400: {"model": ErrorResponse}},
 )
-async def cancel(task_id: str, runtime: RuntimeDep, key: KeyDep, rid: RequestIdDep) -> Any:
-    await runtime.service.cancel(key.id, task_id)
-    return {"request_id": rid}
+async def cancel(task_id: str, caller: CallerDep) -> Any:
+    await caller.runtime.service.cancel(caller.key.id, task_id)
+    return JSONResponse({"request_id": caller.request_id})

@@ -133,10 +133,13 @@ class TaskStore:
             request=request, created_at=now, updated_at=now, run_after=now, attempts=0,
             max_attempts=max_attempts, progress=0.0, cancel_requested=False, engine_state={},
         )  # fmt: skip
+        event = dict(task_id=task_id, at=now, kind="created", detail=None)
         async with self._write.begin() as conn:
-            row = (await conn.execute(sa.insert(tasks).values(values).returning(tasks))).one()
-            await _event(conn, task_id, now, "created")
-        return TaskRow.from_row(row._mapping)
+            await conn.execute(sa.insert(tasks).values(values))
+            await conn.execute(sa.insert(task_events).values(event))
+        values.update(scheduled_at=None, ended_at=None, worker_id=None, lease_expires_at=None,
+                      result=None, error_code=None, error_message=None)  # fmt: skip
+        return TaskRow.from_row(values)
 
     async def get_task(self, task_id: str) -> TaskRow | None:
         async with self._read.connect() as conn:
