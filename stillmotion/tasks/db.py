@@ -55,7 +55,6 @@ def create_sqlite_engine(url: URL, *, immediate: bool, **kwargs: Any) -> AsyncEn
     if url.database:
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, **kwargs)
-    begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -67,9 +66,11 @@ def create_sqlite_engine(url: URL, *, immediate: bool, **kwargs: Any) -> AsyncEn
         finally:
             cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql(begin)
+    if immediate:
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(connection: Connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -77,7 +78,11 @@ def create_sqlite_engine(url: URL, *, immediate: bool, **kwargs: Any) -> AsyncEn
 def create_engines(url: URL) -> tuple[AsyncEngine, AsyncEngine]:
     """``(read, write)`` engines; on PostgreSQL both are the same pooled engine."""
     if url.get_backend_name() == "sqlite":
-        read = create_sqlite_engine(url, immediate=False, pool_size=5, max_overflow=5)
+        # Reads run in autocommit (each statement sees a consistent snapshot), which saves the
+        # BEGIN and ROLLBACK round trips to the driver's thread on every query.
+        read = create_sqlite_engine(
+            url, immediate=False, pool_size=5, max_overflow=5, pool_reset_on_return=None
+        )
         # One writer connection per process: writes queue in the pool, not on the file lock.
         write = create_sqlite_engine(
             url, immediate=True, pool_size=1, max_overflow=0, pool_timeout=60

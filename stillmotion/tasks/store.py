@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stillmotion.domain import TaskStatus
 from stillmotion.tasks import db
+from stillmotion.tasks.batch import InsertBatcher
 from stillmotion.tasks.rows import ApiKeyRow, TaskRow
 from stillmotion.tasks.schema import api_keys, task_events, tasks
 
@@ -53,6 +54,7 @@ class TaskStore:
         self._read = read
         self._write = write
         self._clock = clock
+        self._inserts = InsertBatcher(write)
 
     @classmethod
     async def open(cls, url: str, *, clock: Callable[[], float] = time.time) -> TaskStore:
@@ -61,6 +63,7 @@ class TaskStore:
         return cls(parsed, read, write, clock)
 
     async def close(self) -> None:
+        await self._inserts.close()
         await self._read.dispose()
         if self._write is not self._read:
             await self._write.dispose()
@@ -134,9 +137,7 @@ class TaskStore:
             max_attempts=max_attempts, progress=0.0, cancel_requested=False, engine_state={},
         )  # fmt: skip
         event = dict(task_id=task_id, at=now, kind="created", detail=None)
-        async with self._write.begin() as conn:
-            await conn.execute(sa.insert(tasks).values(values))
-            await conn.execute(sa.insert(task_events).values(event))
+        await self._inserts.insert(values, event)
         values.update(scheduled_at=None, ended_at=None, worker_id=None, lease_expires_at=None,
                       result=None, error_code=None, error_message=None)  # fmt: skip
         return TaskRow.from_row(values)
