@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -24,6 +25,8 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 SUBMIT_BODY: dict[str, Any] = {
     "model": "wan2.6-i2v-flash",
@@ -45,11 +48,6 @@ TASK_BODY: dict[str, Any] = {
 
 
 def bare_app() -> Any:
-    import json
-
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
-
     app = FastAPI()
 
     @app.post("/task/bailian/image2video")
