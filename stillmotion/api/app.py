@@ -8,7 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from stillmotion import __version__
-from stillmotion.api import routes_bailian, routes_files, routes_system
+from stillmotion.api import (
+    routes_bailian,
+    routes_dashscope,
+    routes_files,
+    routes_system,
+    routes_web,
+)
 from stillmotion.api.errors import BodyLimitMiddleware, install_error_handlers
 from stillmotion.config import Settings
 from stillmotion.runtime import Runtime, open_runtime
@@ -48,8 +54,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(routes_bailian.router)
+    app.include_router(routes_dashscope.router)
     app.include_router(routes_files.router)
     app.include_router(routes_system.router)
+    app.include_router(routes_web.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
 
     return app

@@ -45,9 +45,24 @@ def error_response(
     return JSONResponse(error_body(rid, code, message), status_code=status, headers=headers)
 
 
+def no_retry_on_error(request: Request) -> None:
+    """Route dependency for submit routes: their 5xx answers carry ``x-should-retry: false``
+    (contract 4.4), so a client that retries server errors (the 2.x SDK) does not resend a
+    request that may already have created a task."""
+    request.state.no_retry = True
+
+
+def _retry_headers(
+    request: Request, status: int, headers: dict[str, str] | None
+) -> dict[str, str] | None:
+    if status < 500 or not getattr(request.state, "no_retry", False):
+        return headers
+    return {**(headers or {}), "x-should-retry": "false"}
+
+
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    headers = getattr(exc, "headers", None)
+    headers = _retry_headers(request, exc.status, getattr(exc, "headers", None))
     return error_response(request_id(request), exc.code, exc.message, exc.status, headers)
 
 
@@ -57,7 +72,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         exc.status_code, "InternalError" if exc.status_code >= 500 else "BadRequest"
     )
     message = str(exc.detail) if exc.detail else code
-    return error_response(request_id(request), code, message, exc.status_code)
+    headers = _retry_headers(request, exc.status_code, None)
+    return error_response(request_id(request), code, message, exc.status_code, headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -72,7 +88,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     rid = request_id(request)
     log.exception("unhandled error in request %s", rid)
-    return error_response(rid, "InternalError", "An internal error occurred.", 500)
+    headers = _retry_headers(request, 500, None)
+    return error_response(rid, "InternalError", "An internal error occurred.", 500, headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from stillmotion.api.deps import CallerDep
+from stillmotion.api.errors import no_retry_on_error
 from stillmotion.api.schemas import ErrorResponse, SubmitBody, SubmitResponse, TaskResponse
 from stillmotion.errors import InvalidParameter
 
@@ -27,6 +28,7 @@ async def read_json(request: Request) -> Any:
 
 @router.post(
     "/task/bailian/image2video",
+    dependencies=[Depends(no_retry_on_error)],
     response_model=SubmitResponse,
     summary="Submit a first-frame image-to-video task",
     openapi_extra={
