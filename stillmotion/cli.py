@@ -13,8 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from stillmotion.cli_generate import generate
 from stillmotion.config import Settings, load_settings
-from stillmotion.runtime import ConfigurationError, open_runtime
+from stillmotion.runtime import ConfigurationError, build_engines, open_runtime
 from stillmotion.tasks.keys import create_key
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
+app.command("generate")(generate)
 err = Console(stderr=True)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory.")]
@@ -77,9 +79,18 @@ def serve(
 
 
 async def _check_start(settings: Settings) -> None:
-    """Fail before binding the port when the routes or database cannot work."""
+    """Fail before binding the port when the routes, database or engines cannot work.
+
+    With an in-process worker every routed engine is created (and so checked), including
+    those that run only in a dedicated `stillmotion worker` (``api_process = False``).
+    """
     runtime = await open_runtime(settings)
-    await runtime.close()
+    try:
+        if settings.run_worker and settings.workers > 0:
+            for engine in build_engines(settings).values():
+                await engine.aclose()
+    finally:
+        await runtime.close()
 
 
 @app.command()
@@ -106,7 +117,7 @@ async def _worker_main(settings: Settings, engines: list[str] | None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await runtime.start_worker(engines)
+        await runtime.start_worker(engines, dedicated=True)
         await stop.wait()
     finally:
         await runtime.close()
@@ -189,6 +200,25 @@ def db_upgrade(data_dir: DataDir = None, config: ConfigFile = None) -> None:
 
     _run(go())
     err.print(f"database at {settings.db_url.split('@')[-1]} is up to date")
+
+
+@app.command("fake-dashscope")
+def fake_dashscope(
+    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Listen port.")] = 8001,
+    key: Annotated[
+        list[str] | None, typer.Option(help="An accepted API key (repeatable; default sk-fake).")
+    ] = None,
+    pending: Annotated[float, typer.Option(help="Seconds a task stays PENDING.")] = 2.0,
+    running: Annotated[float, typer.Option(help="Seconds a task stays RUNNING.")] = 5.0,
+) -> None:
+    """Run a fake DashScope upstream to develop against (docs/fake-dashscope.md)."""
+    from stillmotion.testing.fake_dashscope import FakeConfig, serve
+
+    keys = {k: "ok" for k in key or ["sk-fake"]}
+    config = FakeConfig(keys=keys, pending_seconds=pending, running_seconds=running)
+    err.print(f"fake DashScope on http://{host}:{port}/api/v1 (keys: {len(keys)})")
+    serve(host, port, config)
 
 
 def main() -> None:

@@ -9,15 +9,32 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+
+class DashScopeChannel(BaseModel):
+    """One upstream DashScope account (``dashscope_channels`` entry); unset fields inherit the
+    ``dashscope_*`` settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="A unique name (logs and task state record it).")
+    base_url: str | None = Field(None, description="Base URL including `/api/v1`.")
+    api_keys: SecretStr | None = Field(None, description="Comma-separated API keys.")
+    max_in_flight: int | None = Field(None, ge=1, description="Upstream tasks in flight at once.")
+    submit_rate: float | None = Field(None, gt=0, description="Submits per second.")
+    query_rate: float | None = Field(None, gt=0, description="Polls/cancels/lists per second.")
+    model_map: str | dict[str, str] | None = Field(
+        None, description="Model names for this channel, as `dashscope_model_map`."
+    )
 
 
 class Settings(BaseSettings):
@@ -70,6 +87,113 @@ class Settings(BaseSettings):
         "UTC", description="IANA zone of the task time strings, e.g. `Asia/Shanghai`."
     )
     log_level: str = Field("info", description="Log level of the service.")
+    wan_weights_dir: Path | None = Field(
+        None,
+        description="Local directory of diffusers-format Wan weights for the `wan` engine "
+        "(never downloaded); see docs/wan.md.",
+    )
+    wan_family: Literal["auto", "wan2.1-i2v-14b", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b"] = Field(
+        "auto",
+        description="Wan family of the weights; `auto` detects it from their configs "
+        "(`transformer_2` -> A14B, 48-channel transformer -> TI2V-5B, image encoder -> 2.1).",
+    )
+    wan_steps: int | None = Field(
+        None, ge=1, description="Denoising steps; default: the family's (40, 40, 50 for 5B)."
+    )
+    wan_guidance: float | None = Field(
+        None, ge=0, description="Guidance scale; default: the family's (5.0; 3.5 for A14B)."
+    )
+    wan_guidance_2: float | None = Field(
+        None, ge=0, description="A14B only: guidance of the low-noise expert (default 3.5)."
+    )
+    wan_flow_shift: float | None = Field(
+        None,
+        gt=0,
+        description="Scheduler flow shift; default: the family's (5.0; 3.0 for 2.1 at 480P).",
+    )
+    wan_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="Weights dtype of the `wan` engine (its VAE always runs in fp32)."
+    )
+    wan_offload: Literal["none", "model", "group"] = Field(
+        "none",
+        description="CPU offload: `none` (all on the GPU), `model` (one model at a time) or "
+        "`group` (layer groups streamed in; least GPU memory).",
+    )
+    wan_attention: str = Field(
+        "",
+        description="diffusers attention backend for the transformer(s), e.g. `_native_cudnn`, "
+        "`_native_flash`, `flash`, `_flash_3`, `sage`; empty: PyTorch SDPA's choice.",
+    )
+    wan_device: str = Field(
+        "auto", description="Torch device of the `wan` engine, e.g. `cuda:1`; `auto`: cuda or cpu."
+    )
+    wan_max_area: int | None = Field(
+        None,
+        ge=256,
+        description="Cap on the `wan` output's pixel area (e.g. `921600` serves 1080P at 720P "
+        "area); the tests use a tiny cap. Default: the tier's area.",
+    )
+    wan_compile: bool = Field(
+        False,
+        description="Regional `torch.compile` of the Wan transformer blocks (exact; the first "
+        "task compiles for minutes).",
+    )
+    dashscope_base_url: str = Field(
+        "https://dashscope.aliyuncs.com/api/v1",
+        description="DashScope base URL including `/api/v1` (region-bound: `dashscope-intl...`, "
+        "`dashscope-us...`); the `dashscope` engine relays tasks there.",
+    )
+    dashscope_api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated DashScope API keys, used in turn; a key answering 401/403 "
+        "leaves the rotation for 10 minutes. Never logged or returned.",
+    )
+    dashscope_max_in_flight: int = Field(
+        100, ge=1, description="Upstream tasks in flight at once per channel (more wait PENDING)."
+    )
+    dashscope_submit_rate: float = Field(
+        2.0, gt=0, description="Upstream submits per second per channel (more wait PENDING)."
+    )
+    dashscope_query_rate: float = Field(
+        20.0, gt=0, description="Upstream polls, cancels and list calls per second per channel."
+    )
+    dashscope_channels: list[DashScopeChannel] = Field(
+        default_factory=list,
+        description="Several upstream accounts: a JSON list (or TOML array of tables) of "
+        "`{name, base_url, api_keys, max_in_flight, submit_rate, query_rate, model_map}`; "
+        "empty: one channel from the `dashscope_*` settings.",
+    )
+    dashscope_model_map: str = Field(
+        "",
+        description="Upstream model names, e.g. `wan2.6-i2v=wan2.6-i2v-us`; unnamed models are "
+        "sent under their own name.",
+    )
+    dashscope_task_deadline: float = Field(
+        3600.0,
+        gt=0,
+        description="An upstream task older than this (seconds) fails with "
+        "`InternalError.Timeout`.",
+    )
+    dashscope_poll_first: float = Field(
+        3.0, gt=0, description="Seconds from an upstream submit to its first poll."
+    )
+    dashscope_poll_max: float = Field(
+        15.0,
+        gt=0,
+        description="Longest interval between polls of one upstream task (they grow "
+        "1.5x per poll from `dashscope_poll_first`).",
+    )
+    dashscope_max_poll_failures: int = Field(
+        20, ge=1, description="Consecutive failed polls (with backoff) that fail a relayed task."
+    )
+    dashscope_request_timeout: float = Field(
+        30.0, gt=0, description="Seconds allowed for one upstream API call."
+    )
+    dashscope_allow_private: bool = Field(
+        False,
+        description="Let the relay download results from loopback/private addresses (a fake or "
+        "local upstream such as `stillmotion fake-dashscope`).",
+    )
     config: Path | None = Field(None, description="TOML file read for any of these settings.")
 
     @field_validator("data_dir", mode="after")

@@ -17,6 +17,8 @@ from stillmotion.errors import ServiceError
 
 BUILTINS: Mapping[str, str] = {
     "motion": "stillmotion.engines.motion:MotionEngine",
+    "wan": "stillmotion.engines.wan:WanEngine",
+    "dashscope": "stillmotion.engines.dashscope:DashScopeEngine",
 }
 
 

@@ -1,0 +1,257 @@
+"""Channels (an upstream account: base URL, keys, caps), key rotation and admission.
+
+A *channel* is one DashScope account in one region. Each has API keys used in turn (a key
+that answers 401/403 leaves the rotation for a while), a cap on tasks in flight, a submit
+rate and a query rate (token buckets). :class:`Admission` picks the channel for a new task
+or tells the caller how long to wait (``EngineDeferred``); it never queues in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from stillmotion.errors import EngineDeferred
+
+KEY_COOLDOWN = 600.0  # seconds a key that answered 401/403 stays out of the rotation
+MAX_SHORT_WAIT = 0.5  # a submit token this close is waited for instead of deferring
+MAX_DEFER = 30.0
+
+
+def key_fingerprint(key: str) -> str:
+    """A stable, non-reversible name for a key: what state and logs record, never the key."""
+    return "k-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def parse_model_map(value: str | dict[str, str] | None) -> dict[str, str]:
+    """``"wan2.6-i2v=wan2.6-i2v-us,..."`` (or a mapping) to ``{our model: upstream model}``."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    out: dict[str, str] = {}
+    for part in (value or "").split(","):
+        if not part.strip():
+            continue
+        ours, sep, theirs = part.partition("=")
+        if not sep or not ours.strip() or not theirs.strip():
+            raise ValueError(f"model map entry {part.strip()!r} is not OUR_MODEL=UPSTREAM_MODEL")
+        out[ours.strip()] = theirs.strip()
+    return out
+
+
+def split_keys(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    return tuple(dict.fromkeys(k.strip() for k in items if k and k.strip()))
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    name: str
+    base_url: str
+    api_keys: tuple[str, ...] = field(repr=False)
+    max_in_flight: int = 100
+    submit_rate: float = 2.0
+    query_rate: float = 20.0
+    model_map: dict[str, str] = field(default_factory=dict)
+
+    def upstream_model(self, model: str) -> str:
+        return self.model_map.get(model, model)
+
+
+def parse_channels(raw: Any, default: ChannelConfig) -> list[ChannelConfig]:
+    """The channel list from settings: a JSON string, a list of tables, or empty (then the
+    single ``default`` channel). Missing fields inherit from ``default``; names are unique."""
+    if isinstance(raw, str):
+        raw = json.loads(raw) if raw.strip() else []
+    if not raw:
+        return [default]
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise ValueError("dashscope_channels must be a list of objects")
+    channels = [_channel(item, default, i) for i, item in enumerate(raw)]
+    names = [c.name for c in channels]
+    if len(set(names)) != len(names):
+        raise ValueError("dashscope_channels: channel names must be unique")
+    return channels
+
+
+def _channel(item: dict[str, Any], default: ChannelConfig, index: int) -> ChannelConfig:
+    unknown = set(item) - {
+        "name",
+        "base_url",
+        "api_keys",
+        "max_in_flight",
+        "submit_rate",
+        "query_rate",
+        "model_map",
+    }
+    if unknown:
+        raise ValueError(f"dashscope_channels[{index}]: unknown field(s) {sorted(unknown)}")
+    model_map = dict(default.model_map)
+    model_map.update(parse_model_map(item.get("model_map")))
+    return ChannelConfig(
+        name=str(item.get("name") or f"channel{index + 1}"),
+        base_url=str(item.get("base_url") or default.base_url).rstrip("/"),
+        api_keys=split_keys(item["api_keys"]) if "api_keys" in item else default.api_keys,
+        max_in_flight=max(1, int(item.get("max_in_flight", default.max_in_flight))),
+        submit_rate=float(item.get("submit_rate", default.submit_rate)),
+        query_rate=float(item.get("query_rate", default.query_rate)),
+        model_map=model_map,
+    )
+
+
+class TokenBucket:
+    """``rate`` tokens a second, bursts up to ``burst``; reservations may go into debt."""
+
+    def __init__(
+        self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic
+    ):
+        self.rate = max(rate, 1e-6)
+        self.burst = burst if burst is not None else max(1.0, rate)
+        self.tokens = self.burst
+        self.clock = clock
+        self._at = clock()
+
+    def _refill(self) -> float:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self._at) * self.rate)
+        self._at = now
+        return now
+
+    def reserve(self, max_wait: float) -> float | None:
+        """Take a token due within ``max_wait`` seconds: the wait, or None (nothing taken)."""
+        self._refill()
+        if self.tokens - 1 < -self.rate * max_wait:
+            return None
+        self.tokens -= 1
+        return max(0.0, -self.tokens / self.rate)
+
+    def wait_time(self) -> float:
+        self._refill()
+        return max(0.0, (1 - self.tokens) / self.rate)
+
+    def pause(self, seconds: float) -> None:
+        """No tokens for ``seconds`` (the upstream said Retry-After)."""
+        self._refill()
+        self.tokens = min(self.tokens, -self.rate * seconds)
+
+    async def take(self) -> None:
+        """Wait for a token (a FIFO-ish queue: each caller reserves its slot)."""
+        wait = self.reserve(float("inf"))
+        if wait:
+            await asyncio.sleep(wait)
+
+
+class KeyRing:
+    """Round-robin over a channel's keys, skipping keys out of rotation."""
+
+    def __init__(self, keys: tuple[str, ...], clock: Callable[[], float] = time.monotonic):
+        self._keys = keys
+        self._by_fp = {key_fingerprint(k): k for k in keys}
+        self._off: dict[str, float] = {}  # key -> back in rotation at
+        self._next = 0
+        self.clock = clock
+
+    def active(self) -> list[str]:
+        now = self.clock()
+        return [k for k in self._keys if self._off.get(k, 0.0) <= now]
+
+    def pick(self) -> str | None:
+        active = self.active()
+        if not active:
+            return None
+        key = active[self._next % len(active)]
+        self._next += 1
+        return key
+
+    def by_fingerprint(self, fingerprint: str | None) -> str | None:
+        """The key that made a task (polls must use it), else any active key."""
+        key = self._by_fp.get(fingerprint or "")
+        return key if key is not None else self.pick()
+
+    def take_out(self, key: str, seconds: float = KEY_COOLDOWN) -> None:
+        self._off[key] = self.clock() + seconds
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._by_fp.values()
+
+
+class Channel:
+    def __init__(self, config: ChannelConfig, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.name = config.name
+        self.keys = KeyRing(config.api_keys, clock)
+        self.submits = TokenBucket(config.submit_rate, clock=clock)
+        self.queries = TokenBucket(config.query_rate, clock=clock)
+        self.in_flight: set[str] = set()
+        self.blocked_until = 0.0  # upstream said 429 on submit: no submits before this
+        self.clock = clock
+
+    @property
+    def free(self) -> int:
+        return self.config.max_in_flight - len(self.in_flight)
+
+    def block(self, seconds: float) -> None:
+        self.blocked_until = max(self.blocked_until, self.clock() + seconds)
+
+
+class Admission:
+    """Which channel a new task goes to, or how long it must wait."""
+
+    def __init__(self, channels: list[Channel], clock: Callable[[], float] = time.monotonic):
+        self.channels = channels
+        self._by_name = {c.name: c for c in channels}
+        self._waiting: dict[str, float] = {}  # task id -> last deferral (a backlog estimate)
+        self.clock = clock
+
+    def channel(self, name: str | None) -> Channel | None:
+        return self._by_name.get(name or "")
+
+    def attach(self, task_id: str, name: str | None) -> Channel:
+        """A task already in flight upstream (resumed): count it, whatever the cap."""
+        channel = self.channel(name) or self.channels[0]
+        channel.in_flight.add(task_id)
+        return channel
+
+    def release(self, task_id: str) -> None:
+        self._waiting.pop(task_id, None)
+        for channel in self.channels:
+            channel.in_flight.discard(task_id)
+
+    def usable(self) -> list[Channel]:
+        return [c for c in self.channels if c.keys.active()]
+
+    async def admit(self, task_id: str) -> Channel:
+        """Reserve a slot and a submit token, or raise ``EngineDeferred``."""
+        now = self.clock()
+        open_ = [c for c in self.usable() if c.free > 0 and c.blocked_until <= now]
+        open_.sort(key=lambda c: c.free / c.config.max_in_flight, reverse=True)
+        for channel in open_:
+            wait = channel.submits.reserve(MAX_SHORT_WAIT)
+            if wait is None:
+                continue
+            channel.in_flight.add(task_id)
+            self._waiting.pop(task_id, None)
+            if wait:
+                await asyncio.sleep(wait)
+            return channel
+        raise EngineDeferred("every DashScope channel is at its cap or rate", self._delay(task_id))
+
+    def _delay(self, task_id: str) -> float:
+        now = self.clock()
+        self._waiting[task_id] = now
+        for tid, at in list(self._waiting.items()):
+            if now - at > 2 * MAX_DEFER:
+                del self._waiting[tid]
+        usable = self.usable() or self.channels
+        blocked = min(max(0.0, c.blocked_until - now) for c in usable)
+        rate = sum(c.config.submit_rate for c in usable)
+        backlog = len(self._waiting) / max(rate, 1e-6)  # when this task's turn may come
+        if all(c.free <= 0 for c in usable):
+            backlog = max(backlog, 1.0)
+        delay = max(blocked, backlog, min(c.submits.wait_time() for c in usable))
+        return min(MAX_DEFER, delay * random.uniform(0.9, 1.2) + 0.05)

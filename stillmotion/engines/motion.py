@@ -1,0 +1,181 @@
+"""The built-in ``motion`` engine: animate the still first frame with a camera move.
+
+No model weights. The camera move comes from the prompt and seed (:mod:`motion_plan`), the
+frames are drawn as yuv420p planes (:mod:`motion_frames`) and go to libx264 on a thread
+while the next one is drawn; audio is the request's track (cut or padded), a synthetic
+ambience, or none (:mod:`motion_render`).
+
+All of that CPU work runs in a process pool (spawn), never on the event loop. The engine
+polls the child's ``progress`` file, and creates a ``cancel`` file to stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from stillmotion.engines.base import CancelSignal, EngineJob, EngineResult, ProgressFn
+from stillmotion.engines.motion_render import (
+    CANCEL_NAME,
+    PROGRESS_NAME,
+    VIDEO_NAME,
+    RenderArgs,
+    RenderFailed,
+    RenderOutcome,
+    render_video,
+)
+from stillmotion.errors import (
+    EngineCanceled,
+    EngineError,
+    PermanentEngineError,
+    RetryableEngineError,
+)
+
+CANCEL_GRACE_S = 5.0  # how long the engine waits for a canceled render to stop
+
+
+class MotionEngine:
+    """Camera-motion video from a still, rendered in ``processes`` spawned processes."""
+
+    name = "motion"
+    needs_media = True
+
+    def __init__(
+        self, processes: int = 2, *, threads: int = 2, poll_interval: float = 0.25
+    ) -> None:
+        self.processes = max(1, processes)
+        self.threads = threads
+        self.poll_interval = poll_interval
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._active: set[Path] = set()
+
+    def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.processes, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._pool
+
+    def _drop_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def generate(
+        self, job: EngineJob, progress: ProgressFn, cancel: CancelSignal
+    ) -> EngineResult:
+        if job.image_path is None:
+            raise PermanentEngineError("the motion engine needs the first-frame image")
+        if cancel.is_set:
+            raise EngineCanceled("canceled before rendering started")
+        work = job.work_dir
+        work.mkdir(parents=True, exist_ok=True)
+        for name in (PROGRESS_NAME, CANCEL_NAME, VIDEO_NAME):
+            (work / name).unlink(missing_ok=True)
+        args = self._args(job)
+        self._active.add(work)
+        try:
+            outcome, reported = await self._run(args, work, progress, cancel)
+        finally:
+            self._active.discard(work)
+        if outcome.canceled:
+            raise EngineCanceled("canceled while rendering")
+        if reported < 1.0:
+            await progress(1.0)
+        return EngineResult(
+            video_path=work / VIDEO_NAME,
+            width=job.width,
+            height=job.height,
+            fps=float(job.fps),
+            num_frames=outcome.frames,
+            has_audio=outcome.has_audio,
+        )
+
+    def _args(self, job: EngineJob) -> RenderArgs:
+        req = job.request
+        return RenderArgs(
+            image_path=str(job.image_path),
+            audio_path=str(job.audio_path) if job.audio_path else None,
+            work_dir=str(job.work_dir),
+            prompt=req.prompt,
+            seed=req.seed,
+            shot_type=req.shot_type,
+            audio=req.audio,
+            watermark=req.watermark,
+            width=job.width,
+            height=job.height,
+            fps=job.fps,
+            num_frames=job.num_frames,
+            threads=self.threads,
+        )
+
+    async def _run(
+        self, args: RenderArgs, work: Path, progress: ProgressFn, cancel: CancelSignal
+    ) -> tuple[RenderOutcome, float]:
+        """Run the render in the pool; returns its outcome and the last progress reported."""
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self._executor(), render_video, args)
+        except (BrokenProcessPool, RuntimeError):  # broken or shut down: start a fresh pool
+            self._drop_pool()
+            future = loop.run_in_executor(self._executor(), render_video, args)
+        try:
+            reported = await self._supervise(future, work, progress, cancel)
+            return future.result(), reported
+        except asyncio.CancelledError:
+            (work / CANCEL_NAME).touch()
+            raise
+        except BrokenProcessPool as exc:
+            self._drop_pool()
+            raise RetryableEngineError("the motion render process died; it can be retried") from exc
+        except RenderFailed as exc:
+            message = f"motion render failed: {exc.message}"
+            raise PermanentEngineError(message, code=exc.code) from exc
+        except EngineError:
+            raise
+        except Exception as exc:  # e.g. the job could not be handed to the pool
+            message = f"motion render failed: {type(exc).__name__}: {exc}"
+            raise PermanentEngineError(message) from exc
+
+    async def _supervise(
+        self,
+        future: asyncio.Future[RenderOutcome],
+        work: Path,
+        progress: ProgressFn,
+        cancel: CancelSignal,
+    ) -> float:
+        """Relay progress until ``future`` is done; on cancel, tell the child and wait a bit.
+
+        Returns the last fraction reported.
+        """
+        last = 0.0
+        while not future.done():
+            if cancel.is_set:
+                (work / CANCEL_NAME).touch()
+                done, _ = await asyncio.wait({future}, timeout=CANCEL_GRACE_S)
+                if not done:  # the child stops on its own at its next check
+                    raise EngineCanceled("canceled while rendering")
+                return last
+            await asyncio.wait({future}, timeout=self.poll_interval)
+            value = _read_progress(work / PROGRESS_NAME)
+            if value > last:
+                last = value
+                await progress(value)
+        return last
+
+    async def aclose(self) -> None:
+        for work in list(self._active):
+            (work / CANCEL_NAME).touch()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+
+
+def _read_progress(path: Path) -> float:
+    try:
+        return min(1.0, max(0.0, float(path.read_text())))
+    except (OSError, ValueError):
+        return 0.0

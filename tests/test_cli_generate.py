@@ -1,0 +1,133 @@
+"""``stillmotion generate`` as a subprocess against a subprocess ``stillmotion serve``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import pytest
+
+from stillmotion.media.geometry import output_size
+from stillmotion.testing.images import image_bytes
+from stillmotion.testing.media_server import MediaServer
+from tests.test_e2e import Server
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
+    srv = Server(tmp_path_factory.mktemp("cli") / "data")
+    key = srv.cli("keys", "create", "--name", "cli").strip()
+    srv.start()
+    try:
+        yield srv, key
+    finally:
+        if srv.proc is not None:
+            srv.kill()
+
+
+@pytest.fixture
+def frame(tmp_path: Path) -> Path:
+    path = tmp_path / "frame.jpg"
+    path.write_bytes(image_bytes(640, 360, "JPEG"))
+    return path
+
+
+def generate(
+    served: tuple[Server, str], *args: str, key: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    srv, good = served
+    env = {**os.environ, "STILLMOTION_URL": srv.base, "STILLMOTION_API_KEY": key or good}
+    return subprocess.run(
+        [sys.executable, "-m", "stillmotion", "generate", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr
+    assert stderr.rstrip("\n").endswith(lines[0]), stderr  # the reason is the last line
+    return lines[0]
+
+
+def test_generate_saves_a_decodable_mp4(
+    served: tuple[Server, str], frame: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "clips" / "out.mp4"
+    done = generate(
+        served,
+        str(frame),
+        "--prompt",
+        "slow pan to the right",
+        "-o",
+        str(out),
+        "--resolution",
+        "720P",
+        "--duration",
+        "2",
+        "--no-audio",
+        "--seed",
+        "5",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    assert "SUCCEEDED" in done.stderr and "saved" in done.stderr
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        size = (stream.codec_context.width, stream.codec_context.height)
+        assert size == output_size(640, 360, "720P")
+        assert sum(1 for _ in container.decode(stream)) == 60
+        assert len(container.streams.audio) == 0
+
+
+def test_bad_key_exits_non_zero_with_one_line(
+    served: tuple[Server, str], frame: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.mp4"
+    done = generate(served, str(frame), "-p", "x", "-o", str(out), key="sm-wrong")
+    assert done.returncode == 1
+    line = _one_error_line(done.stderr)
+    assert "InvalidApiKey" in line and "Invalid API-key" in line
+    assert not out.exists() and done.stdout == ""
+
+
+def test_invalid_duration_names_the_field(served: tuple[Server, str], frame: Path) -> None:
+    done = generate(served, str(frame), "-p", "x", "--duration", "16")
+    assert done.returncode == 1
+    line = _one_error_line(done.stderr)
+    assert "InvalidParameter" in line and "parameters.duration" in line and "2 to 15" in line
+
+
+def test_failed_task_names_its_code(served: tuple[Server, str], tmp_path: Path) -> None:
+    with MediaServer({}) as media:
+        done = generate(
+            served,
+            media.url("/missing.png"),
+            "-p",
+            "x",
+            "--duration",
+            "2",
+            "--resolution",
+            "720P",
+            "-o",
+            str(tmp_path / "never.mp4"),
+        )
+    assert done.returncode == 3
+    line = _one_error_line(done.stderr)
+    assert "FAILED" in line and "BadRequest.InputDownloadFailed" in line
+    assert not (tmp_path / "never.mp4").exists()
+
+
+def test_unreadable_image_fails_before_sending(served: tuple[Server, str], tmp_path: Path) -> None:
+    done = generate(served, str(tmp_path / "nope.png"), "-p", "x")
+    assert done.returncode == 1
+    assert "cannot read" in _one_error_line(done.stderr)
