@@ -14,21 +14,14 @@ import pytest
 from stillmotion.media.geometry import output_size
 from stillmotion.testing.images import image_bytes
 from stillmotion.testing.media_server import MediaServer
-from tests.test_e2e import Server
+from tests.servers import Server, served
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
-    srv = Server(tmp_path_factory.mktemp("cli") / "data")
-    key = srv.cli("keys", "create", "--name", "cli").strip()
-    srv.start()
-    try:
-        yield srv, key
-    finally:
-        if srv.proc is not None:
-            srv.kill()
+@pytest.fixture(scope="module", name="served")
+def served_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
+    yield from served(tmp_path_factory.mktemp("cli"), "cli")
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from stillmotion.media.geometry import output_size
 from stillmotion.runtime import Runtime
 from stillmotion.testing.images import image_bytes
 from stillmotion.testing.media_server import MediaServer
-from tests.test_e2e import Server
+from tests.servers import Server, served
 
 CLIENT_PKG = Path(__file__).resolve().parents[1] / "stillmotion" / "client"
 MODEL = "wan2.6-i2v-flash"
@@ -155,16 +155,9 @@ async def test_async_cancel_and_unknown(sdk: AsyncClient) -> None:
 # -- subprocess server, sync ------------------------------------------------------------
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Server, str]]:
-    srv = Server(tmp_path / "data")
-    key = srv.cli("keys", "create", "--name", "sdk").strip()
-    srv.start()
-    try:
-        yield srv, key
-    finally:
-        if srv.proc is not None:
-            srv.kill()
+@pytest.fixture(name="served")
+def served_fixture(tmp_path: Path) -> Iterator[tuple[Server, str]]:
+    yield from served(tmp_path, "sdk")
 
 
 def test_sync_client_against_serve(served: tuple[Server, str], tmp_path: Path) -> None:

@@ -7,11 +7,7 @@ still completes (its lease expires and it is claimed again).
 from __future__ import annotations
 
 import io
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,61 +19,9 @@ import requests
 
 from stillmotion.testing.images import data_uri, image_bytes
 from stillmotion.testing.media_server import MediaServer
+from tests.servers import Server
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, data_dir: Path):
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "STILLMOTION_DATA_DIR": str(data_dir),
-            "STILLMOTION_PORT": str(self.port),
-            "STILLMOTION_LEASE_SECONDS": "3",
-            "STILLMOTION_ALLOW_PRIVATE_URLS": "1",
-            "STILLMOTION_WORKERS": "1",
-            "STILLMOTION_LOG_LEVEL": "warning",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def cli(self, *args: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "stillmotion", *args],
-            env=self.env,
-            capture_output=True,
-            timeout=60,
-            check=True,
-        )
-        return out.stdout.decode()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stillmotion", "serve"], env=self.env, start_new_session=True
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.base + "/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            assert self.proc.poll() is None, "serve exited early"
-            time.sleep(0.1)
-        raise AssertionError("serve did not come up in 60 s")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, sig)  # the server and its render processes
-        self.proc.wait(timeout=30)
-        self.proc = None
 
 
 @pytest.fixture

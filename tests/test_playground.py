@@ -17,7 +17,7 @@ from stillmotion.runtime import Runtime
 from stillmotion.tasks.keys import create_key
 from stillmotion.testing.images import image_bytes
 from tests.conftest import poll, seed_body
-from tests.test_e2e import Server
+from tests.servers import Server, served
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -125,16 +125,9 @@ async def test_task_list_needs_a_key_and_checks_its_query(
 # -- the page in headless Chromium -------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
-    srv = Server(tmp_path_factory.mktemp("web") / "data")
-    key = srv.cli("keys", "create", "--name", "web").strip()
-    srv.start()
-    try:
-        yield srv, key
-    finally:
-        if srv.proc is not None:
-            srv.kill()
+@pytest.fixture(scope="module", name="served")
+def served_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
+    yield from served(tmp_path_factory.mktemp("web"), "web")
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from stillmotion.api.app import create_app
 from stillmotion.errors import InternalError
 from stillmotion.runtime import Runtime
 from stillmotion.testing.images import data_uri, image_bytes
-from tests.test_e2e import Server
+from tests.servers import Server, served
 
 MODEL = "wan2.6-i2v-flash"
 SMALL: dict[str, Any] = {"resolution": "720P", "duration": 2}  # 60 frames: quick to render
@@ -40,15 +40,7 @@ Point = Callable[[Server], None]
 
 
 def _start(root: Path, workers: int) -> Iterator[tuple[Server, str]]:
-    srv = Server(root / "data")
-    srv.env["STILLMOTION_WORKERS"] = str(workers)
-    key = srv.cli("keys", "create", "--name", "sdk").strip()
-    srv.start()
-    try:
-        yield srv, key
-    finally:
-        if srv.proc is not None:
-            srv.kill()
+    yield from served(root, "sdk", workers)
 
 
 @pytest.fixture(scope="module")
