@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -134,6 +135,20 @@ async def measure(
     return out
 
 
+def pin_server() -> None:
+    """Servers run on the last core and the load generator on the others, so the two do not
+    fight over one core and the bare and stillmotion runs see the same conditions."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) > 1:
+        os.sched_setaffinity(0, {cores[-1]})
+
+
+def pin_client() -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) > 1:
+        os.sched_setaffinity(0, set(cores[:-1]))
+
+
 def start_stillmotion(data_dir: str, port: int) -> tuple[subprocess.Popen[bytes], str]:
     env = {
         **os.environ,
@@ -152,8 +167,92 @@ def start_stillmotion(data_dir: str, port: int) -> tuple[subprocess.Popen[bytes]
         .stdout.decode()
         .strip()
     )
-    proc = subprocess.Popen([sys.executable, "-m", "stillmotion", "serve"], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "stillmotion", "serve"], env=env,
+                            preexec_fn=pin_server)  # fmt: skip
     return proc, key
+
+
+WRK_POST = """wrk.method = "POST"
+wrk.body = [[%s]]
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def measure_wrk(
+    base: str, headers: dict[str, str], task_id: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The same two runs with wrk (C, one thread): it saturates the server, not itself."""
+    out: dict[str, Any] = {}
+    flags = [f"-H{k}: {v}" for k, v in headers.items()]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_POST % json.dumps(SUBMIT_BODY))
+    runs = {
+        "submit": ["-s", script.name, base + "/task/bailian/image2video"],
+        "query": [base + f"/task/{task_id}"],
+    }
+    try:
+        for name, target in runs.items():
+            cmd = ["wrk", "-t1", f"-c{args.concurrency}", f"-d{args.seconds:.0f}s", "--latency"]
+            text = subprocess.run(
+                cmd + flags + target, capture_output=True, text=True, check=True
+            ).stdout
+            out[name] = _parse_wrk(text)
+    finally:
+        os.unlink(script.name)
+    return out
+
+
+def _parse_wrk(text: str) -> tuple[float, float, float]:
+    def ms(value: str) -> float:
+        for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+            if value.endswith(unit):
+                return float(value[: -len(unit)]) * scale
+        return float(value)
+
+    rps = float(text.split("Requests/sec:")[1].split()[0])
+    p50 = ms(text.split(" 50%")[1].split()[0])
+    p99 = ms(text.split(" 99%")[1].split()[0])
+    return rps, p50, p99
+
+
+def run_all(args: argparse.Namespace, generators: list[str]) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        bare = subprocess.Popen(
+            [sys.executable, __file__, "--bare-server", str(port)], preexec_fn=pin_server
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_up(base, bare)
+            for gen in generators:
+                results[f"{gen}/bare"] = run_generator(gen, base, {}, "t", args)
+        finally:
+            bare.terminate()
+            bare.wait()
+        port = free_port()
+        proc, key = start_stillmotion(tmp, port)
+        base = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {key}"}
+        try:
+            wait_up(base, proc)
+            task_id = httpx.post(
+                base + "/task/bailian/image2video", json=SUBMIT_BODY, headers=headers
+            ).json()["output"]["task_id"]
+            for gen in generators:
+                results[f"{gen}/stillmotion"] = run_generator(gen, base, headers, task_id, args)
+        finally:
+            proc.terminate()
+            proc.wait()
+    return results
+
+
+def run_generator(
+    gen: str, base: str, headers: dict[str, str], task_id: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    if gen == "wrk":
+        return measure_wrk(base, headers, task_id, args)
+    return asyncio.run(measure(base, headers, task_id, args))
 
 
 def main() -> None:
@@ -173,50 +272,37 @@ def main() -> None:
             access_log=False,
         )
         return
-    results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        bare = subprocess.Popen([sys.executable, __file__, "--bare-server", str(port)])
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_up(base, bare)
-            results["bare"] = asyncio.run(measure(base, {}, "t", args))
-        finally:
-            bare.terminate()
-            bare.wait()
-        port = free_port()
-        proc, key = start_stillmotion(tmp, port)
-        base = f"http://127.0.0.1:{port}"
-        headers = {"Authorization": f"Bearer {key}"}
-        try:
-            wait_up(base, proc)
-            task_id = httpx.post(
-                base + "/task/bailian/image2video", json=SUBMIT_BODY, headers=headers
-            ).json()["output"]["task_id"]
-            results["stillmotion"] = asyncio.run(measure(base, headers, task_id, args))
-        finally:
-            proc.terminate()
-            proc.wait()
-    report(results, args)
+    pin_client()
+    generators = ["httpx"] + (["wrk"] if shutil.which("wrk") else [])
+    report(run_all(args, generators), args, generators)
 
 
-def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+def report(
+    results: dict[str, dict[str, Any]], args: argparse.Namespace, generators: list[str]
+) -> None:
     print(
         f"loopback, {args.concurrency} concurrent connections, {args.seconds:.0f} s per run, "
-        f"{os.cpu_count()} cores"
+        f"{os.cpu_count()} cores (server pinned to one, load generator on the other)"
     )
-    print(f"{'endpoint':<8} {'server':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
-    for what in ("submit", "query"):
-        for server in ("bare", "stillmotion"):
-            rps, p50, p99 = results[server][what]
-            print(f"{what:<8} {server:<12} {rps:8.0f} {p50:8.2f} {p99:8.2f}")
+    if "wrk" not in generators:
+        print("(wrk not found: only the Python load generator ran; apt-get install wrk)")
+    print(
+        f"{'load gen':<8} {'endpoint':<8} {'server':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
+    )
+    for gen in generators:
+        for what in ("submit", "query"):
+            for server in ("bare", "stillmotion"):
+                rps, p50, p99 = results[f"{gen}/{server}"][what]
+                print(f"{gen:<8} {what:<8} {server:<12} {rps:8.0f} {p50:8.2f} {p99:8.2f}")
     targets = {"submit": 0.5, "query": 0.7}
-    for what, target in targets.items():
-        ratio = results["stillmotion"][what][0] / results["bare"][what][0]
-        verdict = "PASS" if ratio >= target else "FAIL"
-        print(
-            f"{what} throughput ratio stillmotion/bare: {ratio:.2f} (target >= {target}) {verdict}"
-        )
+    for gen in generators:
+        for what, target in targets.items():
+            ratio = results[f"{gen}/stillmotion"][what][0] / results[f"{gen}/bare"][what][0]
+            verdict = "PASS" if ratio >= target else "FAIL"
+            print(
+                f"{gen}: {what} throughput ratio stillmotion/bare: {ratio:.2f} "
+                f"(target >= {target}) {verdict}"
+            )
 
 
 if __name__ == "__main__":

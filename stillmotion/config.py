@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(
         5.0, ge=0, description="How long a verified API key is cached (revocation delay)."
     )
+    task_cache_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="How long a query may answer an unfinished task from memory; changes made "
+        "by this process show at once, those of a separate worker process within this bound.",
+    )
     time_zone: str = Field(
         "UTC", description="IANA zone of the task time strings, e.g. `Asia/Shanghai`."
     )

@@ -81,7 +81,7 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     routes = resolve_routes(settings)
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    store = await TaskStore.open(settings.db_url)
+    store = await TaskStore.open(settings.db_url, cache_seconds=settings.task_cache_seconds)
     if migrate:
         await store.upgrade()
     secret = load_or_create_secret(data_dir / "signing.key")

@@ -261,10 +261,11 @@ async def test_same_seed_same_frames_other_seed_differs(
 ) -> None:
     runs = []
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
-        result = await render(
-            engine, make_job(tmp_path / name, image, seed=seed, shot_type="multi")
+        # 832x480: a size where libx264 read uninitialised memory (see encode.py)
+        job = make_job(
+            tmp_path / name, image, seed=seed, shot_type="multi", watermark=True, size=(832, 480)
         )
-        runs.append(frames_of(result.video_path))
+        runs.append(frames_of((await render(engine, job)).video_path))
     assert len(runs[0]) == len(runs[1]) == 60
     assert all(np.array_equal(x, y) for x, y in zip(runs[0], runs[1], strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(runs[0], runs[2], strict=True))
@@ -306,9 +307,13 @@ async def test_progress_rises_to_one_and_720p_is_exact(
         seen.append(fraction)
 
     job = make_job(tmp_path, image, size=(1280, 720), duration=3, shot_type="multi")
-    result = await engine.generate(job, progress, CancelSignal())
+    engine.poll_interval = 0.02  # several reports even on a fast machine
+    try:
+        result = await engine.generate(job, progress, CancelSignal())
+    finally:
+        engine.poll_interval = 0.25
     assert seen == sorted(seen) and len(set(seen)) == len(seen) and seen[-1] == 1.0
-    assert len(seen) >= 2
+    assert len(seen) >= 3 and 0.0 < seen[0] < 0.9
     with av.open(str(result.video_path)) as c:
         v = c.streams.video[0]
         assert (v.codec_context.width, v.codec_context.height) == (1280, 720)

@@ -13,6 +13,11 @@ from stillmotion.runtime import Runtime
 from stillmotion.tasks.store import ApiKeyRow
 
 
+async def runtime_dep(request: Request) -> Runtime:
+    """``async`` on purpose: FastAPI runs plain ``def`` dependencies in a thread pool."""
+    return get_runtime(request)
+
+
 def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
@@ -36,11 +41,11 @@ async def get_key(request: Request) -> ApiKeyRow:
     return await get_runtime(request).keys.verify(request.headers.get("authorization"))
 
 
-def get_request_id(request: Request) -> str:
+async def get_request_id(request: Request) -> str:
     return request_id(request)
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+RuntimeDep = Annotated[Runtime, Depends(runtime_dep)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 KeyDep = Annotated[ApiKeyRow, Depends(get_key)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]

@@ -45,7 +45,7 @@ def error_response(
     return JSONResponse(error_body(rid, code, message), status_code=status, headers=headers)
 
 
-def no_retry_on_error(request: Request) -> None:
+async def no_retry_on_error(request: Request) -> None:
     """Route dependency for submit routes: their 5xx answers carry ``x-should-retry: false``
     (contract 4.4), so a client that retries server errors (the 2.x SDK) does not resend a
     request that may already have created a task."""
@@ -107,7 +107,7 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -16,11 +17,16 @@ class TaskRenderer:
     def __init__(self, storage: Storage, time_zone: str = "UTC"):
         self.storage = storage
         self.zone = ZoneInfo(time_zone)
+        # polls ask for the same few timestamps over and over
+        self._format = functools.lru_cache(maxsize=65536)(self._format_uncached)
 
     def time_string(self, epoch: float | None) -> str | None:
         """``YYYY-MM-DD HH:mm:ss.SSS`` in the configured zone."""
         if epoch is None:
             return None
+        return self._format(epoch)
+
+    def _format_uncached(self, epoch: float) -> str:
         return datetime.fromtimestamp(epoch, self.zone).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
     def output(self, row: TaskRow) -> dict[str, Any]:

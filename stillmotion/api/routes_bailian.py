@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from stillmotion.api.deps import CallerDep
+from stillmotion.api.deps import Caller, get_caller
 from stillmotion.api.errors import no_retry_on_error
 from stillmotion.api.schemas import ErrorResponse, SubmitBody, SubmitResponse, TaskResponse
 from stillmotion.errors import InvalidParameter
@@ -44,7 +44,14 @@ async def read_json(request: Request) -> Any:
         }
     },
 )
-async def submit(request: Request, caller: CallerDep) -> Any:
+async def submit(request: Request) -> Any:
+    # The caller is resolved in the body, not with Depends(): these three routes are the hot
+    # path, and FastAPI's dependency solving is a visible share of a poll's cost.
+    return await submit_task(request, await get_caller(request))
+
+
+async def submit_task(request: Request, caller: Caller) -> JSONResponse:
+    """Both submit paths (reseller and DashScope-native) end here."""
     body = await read_json(request)
     row = await caller.runtime.service.submit(caller.key.id, body)
     output = {"task_id": row.id, "task_status": row.status.value}
@@ -57,7 +64,11 @@ async def submit(request: Request, caller: CallerDep) -> Any:
     response_model_exclude_none=True,
     summary="Query a task",
 )
-async def query(task_id: str, caller: CallerDep) -> Any:
+async def query(task_id: str, request: Request) -> Any:
+    return await query_task(task_id, await get_caller(request))
+
+
+async def query_task(task_id: str, caller: Caller) -> JSONResponse:
     renderer, rid = caller.runtime.renderer, caller.request_id
     row = await caller.runtime.service.get(caller.key.id, task_id)
     if row is None:
@@ -70,6 +81,10 @@ async def query(task_id: str, caller: CallerDep) -> Any:
     summary="Cancel a PENDING task",
     responses={400: {"model": ErrorResponse}},
 )
-async def cancel(task_id: str, caller: CallerDep) -> Any:
+async def cancel(task_id: str, request: Request) -> Any:
+    return await cancel_task(task_id, await get_caller(request))
+
+
+async def cancel_task(task_id: str, caller: Caller) -> JSONResponse:
     await caller.runtime.service.cancel(caller.key.id, task_id)
     return JSONResponse({"request_id": caller.request_id})

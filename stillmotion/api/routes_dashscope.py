@@ -99,7 +99,7 @@ async def submit(
 ) -> Any:
     if (x_dashscope_async or "").strip().lower() != "enable":
         raise AccessDenied(SYNC_REFUSED)
-    return await routes_bailian.submit(request, caller)
+    return await routes_bailian.submit_task(request, caller)
 
 
 @router.get(
@@ -110,7 +110,7 @@ async def submit(
 )
 @router.get("/tasks/{task_id}/", include_in_schema=False)
 async def query(task_id: str, caller: CallerDep) -> Any:
-    return await routes_bailian.query(task_id, caller)
+    return await routes_bailian.query_task(task_id, caller)
 
 
 @router.post(
@@ -119,7 +119,7 @@ async def query(task_id: str, caller: CallerDep) -> Any:
     responses={400: {"model": ErrorResponse}},
 )
 async def cancel(task_id: str, caller: CallerDep) -> Any:
-    return await routes_bailian.cancel(task_id, caller)
+    return await routes_bailian.cancel_task(task_id, caller)
 
 
 @router.api_route("/uploads", methods=["GET", "POST"], include_in_schema=False)

@@ -25,6 +25,7 @@ from stillmotion.engines.motion_render import (
     RenderArgs,
     RenderFailed,
     RenderOutcome,
+    init_render_process,
     render_video,
 )
 from stillmotion.errors import (
@@ -38,16 +39,27 @@ CANCEL_GRACE_S = 5.0  # how long the engine waits for a canceled render to stop
 
 
 class MotionEngine:
-    """Camera-motion video from a still, rendered in ``processes`` spawned processes."""
+    """Camera-motion video from a still, rendered in ``processes`` spawned processes.
+
+    Each render uses ``threads`` x264 threads. ``deterministic`` (the default) keeps the
+    output byte-identical for the same image, prompt and seed; ``False`` uses x264's frame
+    threads, about 10 % faster on 2 cores, whose output can differ slightly run to run.
+    """
 
     name = "motion"
     needs_media = True
 
     def __init__(
-        self, processes: int = 2, *, threads: int = 2, poll_interval: float = 0.25
+        self,
+        processes: int = 2,
+        *,
+        threads: int = 2,
+        deterministic: bool = True,
+        poll_interval: float = 0.25,
     ) -> None:
         self.processes = max(1, processes)
         self.threads = threads
+        self.deterministic = deterministic
         self.poll_interval = poll_interval
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._active: set[Path] = set()
@@ -55,7 +67,9 @@ class MotionEngine:
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.processes, mp_context=multiprocessing.get_context("spawn")
+                max_workers=self.processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=init_render_process,
             )
         return self._pool
 
@@ -110,6 +124,7 @@ class MotionEngine:
             fps=job.fps,
             num_frames=job.num_frames,
             threads=self.threads,
+            deterministic=self.deterministic,
         )
 
     async def _run(

@@ -1,13 +1,13 @@
-"""Write RGB frames (and optional audio) to an H.264/AAC MP4 with ``+faststart``.
+"""Write frames (and optional audio) to an H.264/AAC MP4 with ``+faststart``.
 
 Video: libx264, yuv420p (BT.709, limited range, tagged), constant frame rate with
 ``pts = index`` in a ``1/fps`` time base. Audio: AAC at the given sample rate, stereo,
-interleaved with the video as it goes and cut or padded on close so that its duration is
-exactly the video's. Encoding can run on a background thread (``background=True``): the
-caller renders the next frame while x264 and the muxer work, since both release the GIL.
+encoded on its own thread as the video advances and cut or padded on close so that its
+duration is exactly the video's. Video encoding runs on a background thread
+(``background=True``): the caller draws the next frames while x264 works.
 
-Frames come as RGB (:meth:`VideoWriter.write`, converted by swscale) or, cheapest, as
-ready yuv420p planes (:meth:`VideoWriter.write_planes`, see :func:`rgb_to_yuv420p`).
+Frames come as RGB (:meth:`VideoWriter.write`) or, cheapest, as ready yuv420p planes
+(:meth:`VideoWriter.write_planes`; see :func:`yuv420p_planes` and :func:`rgb_to_yuv420p`).
 """
 
 from __future__ import annotations
@@ -23,13 +23,16 @@ import av
 import numpy as np
 from PIL import Image
 
-#: Measured on 2 cores at 720P (bench/motion_bench.py): veryfast is as fast as superfast,
-#: far smaller at the same quality, and twice as fast as faster.
+#: Measured on 2 cores, 5 s of 720P push-in: veryfast took as long as superfast (~0.8 s)
+#: for a file 4.7x smaller at nearly the same PSNR (41.6 vs 41.9 dB); faster took twice as
+#: long for no visible gain. CRF 20: high quality; these smooth moves compress well anyway.
 DEFAULT_PRESET = "veryfast"
 DEFAULT_CRF = 20
 AUDIO_BITRATE = 128_000
 AAC_FRAME = 1024
-_QUEUE_DEPTH = 4
+#: Frames queued for the encoder thread: up to this many bytes (the renderer runs ahead and
+#: then keeps out of x264's way), between 4 and 64 frames.
+_QUEUE_BYTES = 48 * 1024 * 1024
 _SPARE_ROWS = 2  # zeroed rows after the picture, for x264's reads past its end
 _STOP = object()
 
@@ -39,8 +42,9 @@ class VideoWriter:
 
     ``audio`` is float32 ``channels x samples`` at ``sample_rate`` (mono is duplicated to
     stereo); it is encoded on its own thread, following the video, and ends exactly where
-    the video ends (cut, or padded with silence). Use as a context manager, or call
-    :meth:`close` (or :meth:`abort`).
+    the video ends (cut, or padded with silence). ``threads`` x264 threads, sliced (the
+    default, deterministic) or frame threads (``sliced_threads=False``, a little faster).
+    Use as a context manager, or call :meth:`close` (or :meth:`abort`).
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class VideoWriter:
         preset: str = DEFAULT_PRESET,
         crf: int = DEFAULT_CRF,
         threads: int = 2,
+        sliced_threads: bool = True,
         background: bool = True,
     ) -> None:
         if width % 2 or height % 4:
@@ -74,7 +79,7 @@ class VideoWriter:
             str(self.path), mode="w", format="mp4", options={"movflags": "+faststart"}
         )
         try:
-            self._video = self._add_video(preset, crf, threads)
+            self._video = self._add_video(preset, crf, threads, sliced_threads)
             if audio is not None:
                 data = _as_stereo(audio)
                 self._audio = _AudioTrack(self._container, data, sample_rate, self._lock)
@@ -85,7 +90,8 @@ class VideoWriter:
         if self._audio is not None:
             self._audio.start()
         if background:
-            self._queue = queue.Queue(maxsize=_QUEUE_DEPTH)
+            depth = min(64, max(4, _QUEUE_BYTES // (self._stride * height * 3 // 2)))
+            self._queue = queue.Queue(maxsize=depth)
             self._thread = threading.Thread(target=self._drain, name="VideoWriter", daemon=True)
             self._thread.start()
 
@@ -93,13 +99,18 @@ class VideoWriter:
     def has_audio(self) -> bool:
         return self._audio is not None
 
-    def _add_video(self, preset: str, crf: int, threads: int) -> Any:
+    def _add_video(self, preset: str, crf: int, threads: int, sliced: bool) -> Any:
         stream = self._container.add_stream("libx264", rate=self.fps)
         stream.width, stream.height, stream.pix_fmt = self.width, self.height, "yuv420p"
         cc = stream.codec_context
         cc.time_base = Fraction(1, self.fps)
         cc.thread_count = threads
-        cc.thread_type = "FRAME"  # as the ffmpeg CLI; PyAV's default (SLICE) is slower here
+        # Sliced threads are deterministic; frame threads are ~10 % faster beside a busy
+        # renderer, but their threaded lookahead races: at some sizes (832x480, 816x1104)
+        # the same frames gave different bytes, and pixels a few levels apart, run to run.
+        # libx264 also reads a little uninitialised heap; the motion engine's processes fix
+        # its contents (stillmotion.engines.motion_render.init_render_process).
+        cc.thread_type = "SLICE" if sliced else "FRAME"
         cc.color_range = 1  # MPEG (limited)
         cc.colorspace = cc.color_primaries = cc.color_trc = 1  # BT.709
         stream.options = {"preset": preset, "crf": str(crf)}
@@ -117,8 +128,8 @@ class VideoWriter:
         """Add one frame as BT.709 limited-range yuv420p planes (uint8, chroma half size).
 
         The planes are copied into a zeroed buffer with padded rows and spare rows after
-        it: x264's SIMD code reads a little past the picture, and reading uninitialised
-        memory there made the output differ from run to run.
+        it, which the frame then points to: x264's SIMD code may read a little past the
+        picture, and those reads see fixed values.
         """
         h, w, stride = self.height, self.width, self._stride
         if y.shape != (h, w) or u.shape != (h // 2, w // 2) or v.shape != (h // 2, w // 2):

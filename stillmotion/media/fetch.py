@@ -70,6 +70,10 @@ class Fetched:
 # --------------------------------------------------------------------------- URL syntax
 
 
+#: whitespace (Unicode too), control characters, DEL and backslashes
+_BAD_URL_CHARS = re.compile(r"[\s\x00-\x1f\x7f\\]")
+
+
 def check_url_syntax(url: str, what: str) -> None:
     """Refuse what is not a plain, absolute ``http(s)`` URL. No network.
 
@@ -83,7 +87,7 @@ def _parse_url(url: str, what: str) -> httpx.URL:
         raise errors.InvalidURL(f"{what} must be a non-empty URL string")
     if len(url) > MAX_URL_LENGTH:
         raise errors.InvalidURL(f"{what} is longer than {MAX_URL_LENGTH} characters")
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F or c == "\\" for c in url):
+    if _BAD_URL_CHARS.search(url):
         raise errors.InvalidURL(f"{what} contains whitespace, control characters or '\\'")
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower() if sep else url.split(":", 1)[0].lower()

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from stillmotion.domain import TaskStatus
 from stillmotion.tasks import db
 from stillmotion.tasks.batch import InsertBatcher
+from stillmotion.tasks.cache import RowCache
 from stillmotion.tasks.rows import ApiKeyRow, TaskRow
 from stillmotion.tasks.schema import api_keys, task_events, tasks
 
@@ -47,7 +48,12 @@ class TaskStore:
     """Open with ``await TaskStore.open(url)``, then ``await store.upgrade()`` once."""
 
     def __init__(
-        self, url: sa.URL, read: AsyncEngine, write: AsyncEngine, clock: Callable[[], float]
+        self,
+        url: sa.URL,
+        read: AsyncEngine,
+        write: AsyncEngine,
+        clock: Callable[[], float],
+        cache_seconds: float = 0.0,
     ) -> None:
         self.url = url
         self.dialect: str = url.get_backend_name()
@@ -55,12 +61,17 @@ class TaskStore:
         self._write = write
         self._clock = clock
         self._inserts = InsertBatcher(write)
+        self._cache = RowCache(cache_seconds)
 
     @classmethod
-    async def open(cls, url: str, *, clock: Callable[[], float] = time.time) -> TaskStore:
+    async def open(
+        cls, url: str, *, clock: Callable[[], float] = time.time, cache_seconds: float = 0.0
+    ) -> TaskStore:
+        """``cache_seconds``: how long ``get_task`` may serve an unfinished row from memory
+        (finished rows are always cached; see ``tasks/cache.py``)."""
         parsed = db.normalize_url(url)
         read, write = db.create_engines(parsed)
-        return cls(parsed, read, write, clock)
+        return cls(parsed, read, write, clock, cache_seconds)
 
     async def close(self) -> None:
         await self._inserts.close()
@@ -140,12 +151,15 @@ class TaskStore:
         await self._inserts.insert(values, event)
         values.update(scheduled_at=None, ended_at=None, worker_id=None, lease_expires_at=None,
                       result=None, error_code=None, error_message=None)  # fmt: skip
-        return TaskRow.from_row(values)
+        return self._cache.put(TaskRow.from_row(values))
 
     async def get_task(self, task_id: str) -> TaskRow | None:
+        cached = self._cache.get(task_id)
+        if cached is not None:
+            return cached
         async with self._read.connect() as conn:
             row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
-        return TaskRow.from_row(row._mapping) if row else None
+        return self._cache.put(TaskRow.from_row(row._mapping)) if row else None
 
     async def list_tasks(
         self,
@@ -194,7 +208,7 @@ class TaskStore:
             if row is None:
                 return None
             await _event(conn, task_id, now, "canceled")
-        return TaskRow.from_row(row._mapping)
+        return self._cache.put(TaskRow.from_row(row._mapping))
 
     async def request_cancel(self, task_id: str, key_id: str) -> bool:
         stmt = (
@@ -203,7 +217,9 @@ class TaskStore:
             .values(cancel_requested=True, updated_at=self._clock())
         )
         async with self._write.begin() as conn:
-            return (await conn.execute(stmt)).rowcount > 0
+            changed = (await conn.execute(stmt)).rowcount > 0
+        self._cache.drop(task_id)
+        return changed
 
     # -- tasks: worker side -----------------------------------------------------------------
 
@@ -264,7 +280,7 @@ class TaskStore:
             await _event(
                 conn, task.id, now, "claimed", {"attempt": task.attempts, "worker": worker_id}
             )
-        return task
+        return self._cache.put(task)
 
     async def _fenced(
         self,
@@ -286,7 +302,7 @@ class TaskStore:
                 return None
             if event is not None:
                 await _event(conn, task_id, now, *event)
-        return TaskRow.from_row(row._mapping)
+        return self._cache.put(TaskRow.from_row(row._mapping))
 
     async def heartbeat(
         self, task_id: str, worker_id: str, lease_seconds: float, progress: float | None = None
@@ -342,6 +358,7 @@ class TaskStore:
                 )
                 if (await conn.execute(stmt)).rowcount:
                     await _event(conn, task_id, now, kind, detail)
+                    self._cache.drop(task_id)
                     return True
         return False
 
@@ -369,6 +386,7 @@ class TaskStore:
                 kind = "deferred" if delay else "released"
                 rows = [dict(task_id=i, at=now, kind=kind, detail=detail) for i in ids]
                 await conn.execute(sa.insert(task_events), rows)
+        self._cache.drop(*ids)
         return len(ids)
 
     async def reap_expired(self) -> int:
@@ -402,6 +420,7 @@ class TaskStore:
                     for r in reaped
                 ]  # fmt: skip
                 await conn.execute(sa.insert(task_events), rows)
+        self._cache.drop(*(r.id for r in reaped))
         return len(reaped)
 
     # -- inspection -------------------------------------------------------------------------
