@@ -16,8 +16,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, make_url
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy import create_engine, event, make_url
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -50,13 +50,10 @@ def normalize_url(url: str | URL) -> URL:
     raise ValueError(f"unsupported database URL {parsed.render_as_string(hide_password=True)}")
 
 
-def create_sqlite_engine(url: URL, *, immediate: bool, **kwargs: Any) -> AsyncEngine:
-    """An aiosqlite engine with WAL and a busy timeout; ``immediate`` makes it the writer."""
-    if url.database:
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, **kwargs)
+def _sqlite_recipe(engine: Engine, *, immediate: bool) -> None:
+    """Pragmas on connect; with ``immediate``, every transaction starts ``BEGIN IMMEDIATE``."""
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -68,10 +65,25 @@ def create_sqlite_engine(url: URL, *, immediate: bool, **kwargs: Any) -> AsyncEn
 
     if immediate:
 
-        @event.listens_for(engine.sync_engine, "begin")
+        @event.listens_for(engine, "begin")
         def _on_begin(connection: Connection) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
+
+def create_sqlite_engine(url: URL, *, immediate: bool, **kwargs: Any) -> AsyncEngine:
+    """An aiosqlite engine with WAL and a busy timeout; ``immediate`` makes it the writer."""
+    if url.database:
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, **kwargs)
+    _sqlite_recipe(engine.sync_engine, immediate=immediate)
+    return engine
+
+
+def create_sqlite_batch_engine(url: URL) -> Engine:
+    """A plain (synchronous) writer for ``tasks/batch.py``: one thread runs a whole batch
+    transaction in a single hop, where aiosqlite would make four."""
+    engine = create_engine(url.set(drivername="sqlite"), pool_size=1, max_overflow=0)
+    _sqlite_recipe(engine, immediate=True)
     return engine
 
 

@@ -60,7 +60,8 @@ class TaskStore:
         self._read = read
         self._write = write
         self._clock = clock
-        self._inserts = InsertBatcher(write)
+        batch_engine = db.create_sqlite_batch_engine(url) if self.dialect == "sqlite" else None
+        self._inserts = InsertBatcher(write, sync_engine=batch_engine)
         self._cache = RowCache(cache_seconds)
 
     @classmethod
