@@ -41,9 +41,9 @@ CANCEL_GRACE_S = 5.0  # how long the engine waits for a canceled render to stop
 class MotionEngine:
     """Camera-motion video from a still, rendered in ``processes`` spawned processes.
 
-    Each render uses ``threads`` x264 threads. ``deterministic`` (the default) keeps the
-    output byte-identical for the same image, prompt and seed; ``False`` uses x264's frame
-    threads, about 10 % faster on 2 cores, whose output can differ slightly run to run.
+    Each render uses ``threads`` x264 frame threads. The output is byte-identical for the
+    same image, prompt and seed: the render processes fix the contents of fresh heap memory
+    (``motion_render.init_render_process``), which libx264 partly reads uninitialised.
     """
 
     name = "motion"
@@ -54,12 +54,10 @@ class MotionEngine:
         processes: int = 2,
         *,
         threads: int = 2,
-        deterministic: bool = True,
         poll_interval: float = 0.25,
     ) -> None:
         self.processes = max(1, processes)
         self.threads = threads
-        self.deterministic = deterministic
         self.poll_interval = poll_interval
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._active: set[Path] = set()
@@ -124,7 +122,6 @@ class MotionEngine:
             fps=job.fps,
             num_frames=job.num_frames,
             threads=self.threads,
-            deterministic=self.deterministic,
         )
 
     async def _run(

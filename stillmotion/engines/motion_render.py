@@ -56,7 +56,6 @@ class RenderArgs:
     fps: int
     num_frames: int
     threads: int = 2
-    deterministic: bool = True  # sliced x264 threads (see VideoWriter)
 
 
 class RenderOutcome(NamedTuple):
@@ -149,7 +148,6 @@ def _render(args: RenderArgs) -> RenderOutcome:
             args.fps,
             audio=audio,
             threads=args.threads,
-            sliced_threads=args.deterministic,
         ) as out:
             for i in range(args.num_frames):
                 if i % CHECK_EVERY == 0:

@@ -42,8 +42,8 @@ class VideoWriter:
 
     ``audio`` is float32 ``channels x samples`` at ``sample_rate`` (mono is duplicated to
     stereo); it is encoded on its own thread, following the video, and ends exactly where
-    the video ends (cut, or padded with silence). ``threads`` x264 threads, sliced (the
-    default, deterministic) or frame threads (``sliced_threads=False``, a little faster).
+    the video ends (cut, or padded with silence). ``threads`` x264 threads: frame threads (the
+    default, faster) or sliced threads (``sliced_threads=True``).
     Use as a context manager, or call :meth:`close` (or :meth:`abort`).
     """
 
@@ -59,7 +59,7 @@ class VideoWriter:
         preset: str = DEFAULT_PRESET,
         crf: int = DEFAULT_CRF,
         threads: int = 2,
-        sliced_threads: bool = True,
+        sliced_threads: bool = False,
         background: bool = True,
     ) -> None:
         if width % 2 or height % 4:
@@ -105,11 +105,11 @@ class VideoWriter:
         cc = stream.codec_context
         cc.time_base = Fraction(1, self.fps)
         cc.thread_count = threads
-        # Sliced threads are deterministic; frame threads are ~10 % faster beside a busy
-        # renderer, but their threaded lookahead races: at some sizes (832x480, 816x1104)
-        # the same frames gave different bytes, and pixels a few levels apart, run to run.
-        # libx264 also reads a little uninitialised heap; the motion engine's processes fix
-        # its contents (stillmotion.engines.motion_render.init_render_process).
+        # Frame threads are ~10 % faster than sliced ones beside a busy renderer. libx264
+        # reads a little uninitialised heap, so the same frames could encode to different
+        # bytes run to run (seen at 832x480 and 816x1104); the motion engine's processes fix
+        # that memory's contents (stillmotion.engines.motion_render.init_render_process),
+        # and then both thread modes give identical output.
         cc.thread_type = "SLICE" if sliced else "FRAME"
         cc.color_range = 1  # MPEG (limited)
         cc.colorspace = cc.color_primaries = cc.color_trc = 1  # BT.709
