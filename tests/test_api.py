@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from stillmotion.api.app import create_app
 from stillmotion.runtime import Runtime
 from stillmotion.tasks.keys import create_key
 from stillmotion.testing.images import data_uri
@@ -229,3 +230,25 @@ async def test_unknown_route_and_method_use_error_shape(client: httpx.AsyncClien
     resp = await client.delete("/task/bailian/image2video")
     assert resp.status_code == 405
     assert set(resp.json()) == {"request_id", "code", "message"}
+
+
+async def test_submit_server_errors_say_do_not_retry(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken(key_id: str, body: Any) -> None:
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(runtime.service, "submit", broken)
+    # Starlette re-raises after answering 500; a real server logs it, the test client must not
+    transport = httpx.ASGITransport(app=create_app(runtime=runtime), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url=str(client.base_url)) as raw:
+        resp = await submit(raw, auth, seed_body())
+        assert resp.status_code == 500
+        assert resp.headers["x-should-retry"] == "false"
+        assert resp.json()["code"] == "InternalError"
+        assert "database" not in resp.json()["message"]
+        resp = await raw.get("/task/some-id", headers=auth)
+        assert "x-should-retry" not in resp.headers

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from stillmotion.api.deps import Caller, get_caller
@@ -28,7 +28,6 @@ async def read_json(request: Request) -> Any:
 
 @router.post(
     "/task/bailian/image2video",
-    dependencies=[Depends(no_retry_on_error)],
     response_model=SubmitResponse,
     summary="Submit a first-frame image-to-video task",
     openapi_extra={
@@ -45,8 +44,9 @@ async def read_json(request: Request) -> Any:
     },
 )
 async def submit(request: Request) -> Any:
-    # The caller is resolved in the body, not with Depends(): these three routes are the hot
-    # path, and FastAPI's dependency solving is a visible share of a poll's cost.
+    # The caller is resolved (and the no-retry mark set) in the body, not with Depends():
+    # these routes are the hot path, and dependency solving is a visible share of their cost.
+    await no_retry_on_error(request)
     return await submit_task(request, await get_caller(request))
 
 
