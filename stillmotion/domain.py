@@ -34,6 +34,12 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
 }
 
 
+#: Key in a task's engine state: True while its engine can still stop it cleanly (a relayed
+#: task that is PENDING upstream). A client's cancel of such a RUNNING task is then accepted
+#: (contract: PENDING tasks can be canceled) and the engine gets its cancel signal.
+CANCELABLE = "cancelable"
+
+
 def can_transition(old: TaskStatus, new: TaskStatus) -> bool:
     return new in TRANSITIONS[old]
 

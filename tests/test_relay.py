@@ -209,7 +209,8 @@ async def test_unknown_long_after_the_submit_fails_at_once(
 async def test_cancel_while_upstream_pending_cancels_upstream(
     client: httpx.AsyncClient, auth: dict[str, str], runtime: Runtime, fake: FakeDashScopeServer
 ) -> None:
-    runtime.service.cancel_running = True
+    # no cancel_running: a relayed task still PENDING upstream is cancelable as upstream says
+    assert runtime.service.cancel_running is False
     await runtime.start_worker()
     body = seed_body()
     body["input"]["prompt"] = "slow to start [fake:pending=30]"
@@ -221,6 +222,20 @@ async def test_cancel_while_upstream_pending_cancels_upstream(
     assert fake.state.requests["cancel"] == 1
     (task,) = fake.state.tasks.values()
     assert task.canceled_at is not None
+
+
+async def test_cancel_is_refused_once_the_upstream_task_runs(
+    client: httpx.AsyncClient, auth: dict[str, str], runtime: Runtime, fake: FakeDashScopeServer
+) -> None:
+    await runtime.start_worker()
+    body = seed_body()
+    body["input"]["prompt"] = "runs a while [fake:pending=0.2] [fake:running=30]"
+    task_id = await submit(client, auth, body)
+    await wait_row(runtime, task_id, lambda r: r.engine_state.get("cancelable") is False)
+    resp = await client.post(f"/task/{task_id}/cancel", headers=auth)
+    assert resp.status_code == 400
+    assert resp.json()["code"] == "UnsupportedOperation"
+    assert fake.state.requests["cancel"] == 0
 
 
 async def test_submit_429_defers_without_spending_attempts(

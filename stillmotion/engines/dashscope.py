@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from stillmotion.domain import MediaRef
+from stillmotion.domain import CANCELABLE, MediaRef
 from stillmotion.engines.base import CancelSignal, EngineJob, EngineResult, ProgressFn
 from stillmotion.engines.dashscope_channels import (
     Admission,
@@ -267,7 +267,9 @@ class DashScopeEngine:
         progress: ProgressFn,
     ) -> UpstreamTask:
         state = {k: v for k, v in marker.items() if k != "submitting"}
-        state.update(channel=channel.name, upstream_id=upstream_id)
+        # "cancelable": the upstream task is still PENDING, so a client's cancel can stop it
+        # cleanly (tasks/service.py reads this flag; base.CANCELABLE)
+        state.update(channel=channel.name, upstream_id=upstream_id, **{CANCELABLE: True})
         self._upstream_ids[job.task_id] = upstream_id
         await self._store_upstream_id(job, state)
         await progress(0.1)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from stillmotion.domain import CANCELABLE
 from stillmotion.engines.base import CancelSignal, EngineJob, ProgressFn
 from stillmotion.engines.dashscope_channels import Channel
 from stillmotion.engines.dashscope_client import Failure, UpstreamClient, UpstreamError
@@ -123,6 +124,9 @@ class UpstreamTask:
                 continue
             self._check_ended(body["output"])
             self.failures = 0
+            if status != "PENDING" and self.state.get(CANCELABLE):
+                self.state[CANCELABLE] = False  # started upstream: it will run to its end
+                await save_state(job, self.state)
             await progress(self._fraction(status))
             polls += 1
             delay = min(t.poll_max, t.poll_first * t.poll_growth**polls) * random.uniform(0.9, 1.1)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from stillmotion.domain import MediaRef, TaskStatus
+from stillmotion.domain import CANCELABLE, MediaRef, TaskStatus
 from stillmotion.errors import UnsupportedOperation
 from stillmotion.storage.base import Storage
 from stillmotion.tasks.store import TaskRow, TaskStore
@@ -91,9 +91,19 @@ class TaskService:
         row = await self.store.cancel_pending(task_id, key_id)
         if row is not None and row.status is TaskStatus.CANCELED:
             return
-        if self.cancel_running and await self.store.request_cancel(task_id, key_id):
+        if await self._may_stop(key_id, task_id) and await self.store.request_cancel(
+            task_id, key_id
+        ):
             return
         raise UnsupportedOperation(CANCEL_REFUSED)
+
+    async def _may_stop(self, key_id: str, task_id: str) -> bool:
+        """A RUNNING task may be stopped when allowed for all, or when its engine says it is
+        still cleanly cancelable (a relayed task still PENDING upstream)."""
+        if self.cancel_running:
+            return True
+        row = await self.get(key_id, task_id)
+        return row is not None and bool(row.engine_state.get(CANCELABLE))
 
     async def list(
         self,
