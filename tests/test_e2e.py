@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,3 +106,29 @@ def test_sigkill_while_rendering_then_restart_completes(server: Server) -> None:
     body = _poll(server, task_id, key, {"SUCCEEDED", "FAILED"}, timeout=240)
     assert body["output"]["task_status"] == "SUCCEEDED", body
     _check_video(body["output"]["video_url"], (1920, 1072), 450)
+
+
+def test_sigterm_hands_the_running_task_back_at_once(server: Server) -> None:
+    key = server.cli("keys", "create", "--name", "term").strip()
+    server.env["STILLMOTION_LEASE_SECONDS"] = "300"  # a lost lease would take 5 minutes
+    server.start()
+    task_id = _submit(server, key, data_uri(1920, 1080, "JPEG"), resolution="1080P", duration=15)
+    _poll(server, task_id, key, {"RUNNING"}, timeout=60)
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)  # the service only, as a process manager would
+    server.proc.wait(timeout=60)
+    server.proc = None
+    server.start()
+    # well inside the 300 s lease: the stopped worker handed the task back
+    body = _poll(server, task_id, key, {"SUCCEEDED", "FAILED"}, timeout=150)
+    assert body["output"]["task_status"] == "SUCCEEDED", body
+    _check_video(body["output"]["video_url"], (1920, 1072), 450)
+    db = Path(server.env["STILLMOTION_DATA_DIR"]) / "stillmotion.db"
+    with sqlite3.connect(db) as conn:
+        kinds = [
+            k
+            for (k,) in conn.execute(
+                "SELECT kind FROM task_events WHERE task_id = ? ORDER BY id", (task_id,)
+            )
+        ]
+    assert kinds == ["created", "claimed", "released", "claimed", "succeeded"]

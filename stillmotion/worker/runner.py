@@ -8,6 +8,7 @@ import contextlib
 import functools
 import logging
 import shutil
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,8 @@ class TaskRunner:
             return
         cancel = CancelSignal()
         beat = _Heartbeat(self, row.id, _claim(row), cancel)
-        work_dir = self.config.work_root / f"{row.id}-{row.attempts}"
+        # unique per run: a render orphaned by a stopped worker must not write into it
+        work_dir = self.config.work_root / f"{row.id}-{row.attempts}-{uuid.uuid4().hex[:8]}"
         beat_task = asyncio.create_task(beat.loop())
         try:
             await self._run(row, work_dir, beat, cancel)
