@@ -139,7 +139,10 @@ async def test_list_pages_newest_first(client: httpx.AsyncClient, auth: dict[str
     first = await client.get("/api/v1/tasks", params={"page_size": 2}, headers=auth)
     assert first.status_code == 200
     page1 = first.json()
-    assert set(page1) == {"request_id", "data", "page_no", "page_size", "total", "total_page"}
+    assert set(page1) == {
+        "request_id", "data", "tasks", "page_no", "page_size", "total", "total_page"
+    }  # fmt: skip
+    assert [t["task_id"] for t in page1["tasks"]] == [item["task_id"] for item in page1["data"]]
     assert (page1["page_no"], page1["page_size"], page1["total"], page1["total_page"]) == (
         1, 2, 3, 2,
     )  # fmt: skip

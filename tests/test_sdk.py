@@ -257,7 +257,8 @@ async def test_v2_client_jobs(v2_client: dashscope.AsyncClient) -> None:
     assert (await jobs.cancel(job.task_id)).is_error is False
     assert (await jobs.fetch(job.task_id)).status == "CANCELED"
     listed = await jobs.list(status="CANCELED")
-    assert (listed.total, listed.page_no) == (1, 1)  # its `tasks` reads a key upstream lacks
+    assert (listed.total, listed.page_no) == (1, 1)
+    assert [(t.task_id, t.status) for t in listed.tasks] == [(job.task_id, "CANCELED")]
 
 
 async def test_v2_client_does_not_resend_a_failed_submit(

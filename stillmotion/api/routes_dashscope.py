@@ -136,6 +136,8 @@ async def list_tasks(q: Annotated[TaskListQuery, Query()], caller: CallerDep) ->
         {
             "request_id": caller.request_id,
             "data": [list_item(row) for row in rows],
+            # the same page as task bodies' `output`, the key the 2.x SDK's jobs.list() reads
+            "tasks": [caller.runtime.renderer.output(row) for row in rows],
             "page_no": q.page_no,
             "page_size": q.page_size,
             "total": total,
