@@ -209,23 +209,35 @@ class _Heartbeat:
         self._progress = max(0.0, min(1.0, fraction))
 
     async def loop(self) -> None:
-        interval = min(self.runner.config.lease_seconds / 3, 2.0)
-        store = self.runner.store
+        """Write when progress moved (checked every ``min(lease/3, 2 s)``) and at least every
+        ``lease/3`` to renew the lease; a quiet task (a relay waiting upstream) costs one
+        write per third of a lease, not one every 2 s."""
+        lease = self.runner.config.lease_seconds
+        interval = min(lease / 3, 2.0)
+        clock = asyncio.get_running_loop().time
+        last_write, last_progress = clock(), None
         while True:
             await asyncio.sleep(interval)
-            try:
-                row = await store.heartbeat(
-                    self.task_id,
-                    self.claim,
-                    self.runner.config.lease_seconds,
-                    self._progress,
-                )
-            except Exception:
-                log.exception("task %s: heartbeat failed", self.task_id)
+            progress = None if self._progress is None else round(self._progress, 2)
+            if progress == last_progress and clock() - last_write < lease / 3 - interval / 2:
                 continue
-            if row is None:
-                self.lost = True
-                self.cancel.set()
+            last_write, last_progress = clock(), progress
+            if not await self._beat():
                 return
-            if row.cancel_requested:
-                self.cancel.set()
+
+    async def _beat(self) -> bool:
+        """One renewal; False once the lease is lost."""
+        try:
+            row = await self.runner.store.heartbeat(
+                self.task_id, self.claim, self.runner.config.lease_seconds, self._progress
+            )
+        except Exception:
+            log.exception("task %s: heartbeat failed", self.task_id)
+            return True
+        if row is None:
+            self.lost = True
+            self.cancel.set()
+            return False
+        if row.cancel_requested:
+            self.cancel.set()
+        return True
