@@ -72,3 +72,31 @@ async def test_without_a_bound_unfinished_rows_are_read_every_time(tmp_path: Pat
     finally:
         await api.close()
         await worker.close()
+
+
+async def test_store_transitions_follow_the_domain_table(tmp_path: Path) -> None:
+    from stillmotion.domain import TERMINAL, can_transition
+
+    store = await _open(tmp_path / "db.sqlite", cache_seconds=0)
+    try:
+        await _create(store, "t4")
+        seen = [TaskStatus.PENDING]
+        for step in ("claim", "retry", "claim", "finish", "retry-after-finish"):
+            if step == "claim":
+                await store.claim(f"w#{len(seen)}", 30)
+            elif step == "retry":
+                await store.retry_later("t4", f"w#{len(seen) - 1}", 0, "X", "y")
+            elif step == "finish":
+                await store.finish_success("t4", f"w#{len(seen) - 1}", {"video_key": "v"})
+            else:
+                assert not await store.retry_later("t4", f"w#{len(seen) - 1}", 0, "X", "y")
+            row = await store.get_task("t4")
+            assert row is not None
+            if row.status is not seen[-1]:
+                assert can_transition(seen[-1], row.status), (seen[-1], row.status)
+                seen.append(row.status)
+        assert seen == [TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.PENDING,
+                        TaskStatus.RUNNING, TaskStatus.SUCCEEDED]  # fmt: skip
+        assert all(not can_transition(t, TaskStatus.PENDING) for t in TERMINAL)
+    finally:
+        await store.close()

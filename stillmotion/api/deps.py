@@ -41,11 +41,6 @@ async def get_key(request: Request) -> ApiKeyRow:
     return await get_runtime(request).keys.verify(request.headers.get("authorization"))
 
 
-async def get_request_id(request: Request) -> str:
-    return request_id(request)
-
-
 RuntimeDep = Annotated[Runtime, Depends(runtime_dep)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 KeyDep = Annotated[ApiKeyRow, Depends(get_key)]
-RequestIdDep = Annotated[str, Depends(get_request_id)]

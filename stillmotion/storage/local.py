@@ -36,9 +36,6 @@ class LocalStorage:
             raise NotFound(f"no such file: {key}")
         return path
 
-    async def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
-
     def signed_url(self, key: str, *, now: float | None = None) -> str:
         return self.signer.url(key, now=now)
 
