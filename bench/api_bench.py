@@ -259,6 +259,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--generators", default="httpx,wrk", help="load generators to run (comma-separated)"
+    )
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
@@ -273,7 +276,8 @@ def main() -> None:
         )
         return
     pin_client()
-    generators = ["httpx"] + (["wrk"] if shutil.which("wrk") else [])
+    wanted = args.generators.split(",")
+    generators = [g for g in ("httpx", "wrk") if g in wanted and (g != "wrk" or shutil.which(g))]
     report(run_all(args, generators), args, generators)
 
 

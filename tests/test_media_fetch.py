@@ -193,6 +193,31 @@ def test_check_url_syntax_accepts(url: str) -> None:
     check_url_syntax(url, "img_url")  # raises on refusal
 
 
+def _accepts(check: Callable[[str, str], object], url: str) -> bool:
+    try:
+        check(url, "img_url")
+    except errors.InvalidURL as exc:
+        assert exc.message.startswith("img_url ")
+        return False
+    return True
+
+
+def test_check_url_syntax_fast_path_agrees_with_the_full_parse() -> None:
+    """Plain URLs skip the full parse at submit time; both must give the same verdict."""
+    hosts = ["example.com", "EXAMPLE.com.", "a-b.example", "-bad.example", "bad-.example",
+             "1.2.3.4", "999.1.1.1", "127.1", "2130706433", "0x7f.1", "a..b", ".", "x" * 64,
+             "localhost", "xn--bcher-kva.de", "1.2.3", "123.example"]  # fmt: skip
+    ports = ["", ":0", ":1", ":80", ":65535", ":65536", ":99999"]
+    paths = ["", "/", "/a.png?sig=1&x=%2F#frag", "?q", "#f", "/a b", "/a\\b", "/@x", "/ü"]
+    urls = [f"{scheme}://{host}{port}{path}" for scheme in ("http", "HTTPS", "ftp")
+            for host in hosts for port in ports for path in paths]  # fmt: skip
+    fast = [u for u in urls if fetch._PLAIN_URL.fullmatch(u)]
+    assert len(fast) > len(urls) // 3  # the fast path really is taken
+    for url in urls:
+        assert _accepts(check_url_syntax, url) == _accepts(fetch._parse_url, url), url
+    assert {_accepts(check_url_syntax, u) for u in fast} == {True, False}
+
+
 # --------------------------------------------------------------------------- SSRF guard
 
 

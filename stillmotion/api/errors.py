@@ -27,11 +27,18 @@ _HTTP_CODES = {
 }
 
 
+def _state(request: Request) -> dict[str, Any]:
+    """The request's state dict (what ``request.state`` wraps), read without the wrapper: the
+    hot routes touch it on every request."""
+    state: dict[str, Any] = request.scope.setdefault("state", {})
+    return state
+
+
 def request_id(request: Request) -> str:
-    rid = getattr(request.state, "request_id", None)
+    state = _state(request)
+    rid = state.get("request_id")
     if rid is None:
-        rid = str(uuid.uuid4())
-        request.state.request_id = rid
+        rid = state["request_id"] = str(uuid.uuid4())
     return str(rid)
 
 
@@ -49,13 +56,13 @@ async def no_retry_on_error(request: Request) -> None:
     """Route dependency for submit routes: their 5xx answers carry ``x-should-retry: false``
     (contract 4.4), so a client that retries server errors (the 2.x SDK) does not resend a
     request that may already have created a task."""
-    request.state.no_retry = True
+    _state(request)["no_retry"] = True
 
 
 def _retry_headers(
     request: Request, status: int, headers: dict[str, str] | None
 ) -> dict[str, str] | None:
-    if status < 500 or not getattr(request.state, "no_retry", False):
+    if status < 500 or not _state(request).get("no_retry", False):
         return headers
     return {**(headers or {}), "x-should-retry": "false"}
 

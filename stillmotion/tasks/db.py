@@ -10,13 +10,14 @@ documented recipe: the driver's own transaction handling is switched off
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, make_url
+from sqlalchemy import event, make_url
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -79,12 +80,13 @@ def create_sqlite_engine(url: URL, *, immediate: bool, **kwargs: Any) -> AsyncEn
     return engine
 
 
-def create_sqlite_batch_engine(url: URL) -> Engine:
-    """A plain (synchronous) writer for ``tasks/batch.py``: one thread runs a whole batch
-    transaction in a single hop, where aiosqlite would make four."""
-    engine = create_engine(url.set(drivername="sqlite"), pool_size=1, max_overflow=0)
-    _sqlite_recipe(engine, immediate=True)
-    return engine
+def connect_sqlite(url: URL) -> sqlite3.Connection:
+    """A plain ``sqlite3`` connection with the same pragmas and no implicit transactions, for
+    ``tasks/batch.py``: one thread runs a whole batch transaction on it in a single hop."""
+    conn = sqlite3.connect(url.database or "", isolation_level=None, check_same_thread=False)
+    for pragma in SQLITE_PRAGMAS:
+        conn.execute(pragma)
+    return conn
 
 
 def create_engines(url: URL) -> tuple[AsyncEngine, AsyncEngine]:

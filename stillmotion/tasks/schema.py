@@ -51,7 +51,6 @@ tasks = sa.Table(
     sa.Column("error_code", sa.String(100), nullable=True),
     sa.Column("error_message", sa.Text(), nullable=True),
     sa.Column("engine_state", sa.JSON(), nullable=False, server_default=sa.text("'{}'")),
-    sa.Index("ix_tasks_key_id", "key_id"),
     sa.Index("ix_tasks_status_run_after", "status", "run_after"),
     sa.Index("ix_tasks_key_id_status", "key_id", "status"),
     sa.Index("ix_tasks_key_id_created_at", "key_id", "created_at"),

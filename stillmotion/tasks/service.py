@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -14,6 +16,19 @@ from stillmotion.tasks.store import TaskRow, TaskStore
 from stillmotion.tasks.validation import Validated, validate_submit
 
 CANCEL_REFUSED = "Failed to cancel the task, please confirm if the task is in PENDING status."
+
+
+def new_task_id() -> str:
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits.
+
+    Time-ordered ids are appended at the end of the task table's primary-key index and of the
+    events' task index instead of landing on a random page of each, so a commit writes fewer
+    pages; the random bits keep ids unguessable.
+    """
+    rand = int.from_bytes(os.urandom(10), "big")  # 12 bits for rand_a, 62 for rand_b
+    rand_a, rand_b = rand >> 68, rand & ((1 << 62) - 1)
+    millis = time.time_ns() // 1_000_000
+    return str(uuid.UUID(int=millis << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b))
 
 
 def input_key(task_id: str, name: str) -> str:
@@ -52,7 +67,7 @@ class TaskService:
 
     async def submit(self, key_id: str, body: Any) -> TaskRow:
         validated = validate_submit(body)
-        task_id = str(uuid.uuid4())
+        task_id = new_task_id()
         request = await self._keep_blobs(task_id, validated)
         row = await self.store.create_task(
             task_id=task_id,
@@ -69,6 +84,8 @@ class TaskService:
     async def _keep_blobs(self, task_id: str, validated: Validated) -> dict[str, Any]:
         """Store decoded data: URIs and point the request at them."""
         request = validated.request
+        if not validated.blobs:
+            return request.to_json()
         for blob in validated.blobs:
             await self.storage.put_bytes(input_key(task_id, blob.name), blob.data)
         image, audio = request.image, request.audio_source

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stillmotion.domain import TaskStatus
 from stillmotion.tasks import db
-from stillmotion.tasks.batch import InsertBatcher
+from stillmotion.tasks.batch import InsertBatcher, SqliteBatchWriter
 from stillmotion.tasks.cache import RowCache
 from stillmotion.tasks.rows import ApiKeyRow, TaskRow
 from stillmotion.tasks.schema import api_keys, task_events, tasks
@@ -29,6 +29,10 @@ __all__ = ["REAPED_CODE", "ApiKeyRow", "TaskRow", "TaskStore"]
 PENDING = TaskStatus.PENDING.value
 RUNNING = TaskStatus.RUNNING.value
 REAPED_CODE = "InternalError.Timeout"
+# What a new task's INSERT sets; the other columns start NULL (or at their server default).
+_CREATE_COLUMNS = ("id", "key_id", "model", "engine", "status", "request", "created_at",
+                   "updated_at", "run_after", "attempts", "max_attempts", "progress",
+                   "cancel_requested", "engine_state")  # fmt: skip
 _STATUSES = tuple(s for s in TaskStatus if s is not TaskStatus.UNKNOWN)
 
 
@@ -60,8 +64,8 @@ class TaskStore:
         self._read = read
         self._write = write
         self._clock = clock
-        batch_engine = db.create_sqlite_batch_engine(url) if self.dialect == "sqlite" else None
-        self._inserts = InsertBatcher(write, sync_engine=batch_engine)
+        sqlite = SqliteBatchWriter(url) if self.dialect == "sqlite" else None
+        self._inserts = InsertBatcher(write, sqlite=sqlite)
         self._cache = RowCache(cache_seconds)
 
     @classmethod
@@ -142,17 +146,19 @@ class TaskStore:
         request: dict[str, Any],
         max_attempts: int,
     ) -> TaskRow:
-        now = self._clock()
-        values: dict[str, Any] = dict(
-            id=task_id, key_id=key_id, model=model, engine=engine, status=PENDING,
-            request=request, created_at=now, updated_at=now, run_after=now, attempts=0,
-            max_attempts=max_attempts, progress=0.0, cancel_requested=False, engine_state={},
+        now = float(self._clock())
+        row = TaskRow(
+            id=task_id, key_id=key_id, model=model, engine=engine, status=TaskStatus.PENDING,
+            request=request, created_at=now, scheduled_at=None, ended_at=None, updated_at=now,
+            run_after=now, attempts=0, max_attempts=max_attempts, worker_id=None,
+            lease_expires_at=None, progress=0.0, cancel_requested=False, result=None,
+            error_code=None, error_message=None, engine_state={},
         )  # fmt: skip
+        values = {name: getattr(row, name) for name in _CREATE_COLUMNS}
+        values["status"] = PENDING
         event = dict(task_id=task_id, at=now, kind="created", detail=None)
         await self._inserts.insert(values, event)
-        values.update(scheduled_at=None, ended_at=None, worker_id=None, lease_expires_at=None,
-                      result=None, error_code=None, error_message=None)  # fmt: skip
-        return self._cache.put(TaskRow.from_row(values))
+        return self._cache.put(row)
 
     async def get_task(self, task_id: str) -> TaskRow | None:
         cached = self._cache.get(task_id)
