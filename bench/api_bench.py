@@ -1,12 +1,14 @@
 """Submit and query throughput and latency on loopback, against a bare FastAPI endpoint.
 
-    python bench/api_bench.py [--seconds 5] [--concurrency 16]
+    python bench/api_bench.py [--seconds 5] [--rounds 3] [--concurrency 16] [--generators httpx,wrk]
 
 Starts `stillmotion serve --workers 0` (API only: rendering would compete for the same cores)
 and a bare FastAPI app that returns the same JSON without doing anything, both as uvicorn
-subprocesses, then drives each with the same httpx load generator in this process. Prints
-requests/s, p50 and p99 latency, and the ratio stillmotion / bare. Targets: submit >= 0.5x,
-query >= 0.7x. It only prints; it never fails.
+subprocesses pinned to one core, then drives each with the same load generators on the other
+core: httpx in this process, and `wrk` when installed. Each round measures bare and
+stillmotion back to back; it prints the medians of requests/s, p50 and p99 latency, and the
+median of the rounds' stillmotion / bare ratios. Targets: submit >= 0.5x, query >= 0.7x.
+It only prints; it never fails.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -215,35 +218,36 @@ def _parse_wrk(text: str) -> tuple[float, float, float]:
     return rps, p50, p99
 
 
-def run_all(args: argparse.Namespace, generators: list[str]) -> dict[str, dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
+def run_all(args: argparse.Namespace, generators: list[str]) -> dict[str, list[Any]]:
+    """Both servers run side by side (on the same core); each round measures bare then
+    stillmotion back to back, so a change in the shared machine's speed hits both alike."""
+    results: dict[str, list[Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
+        bare_port, port = free_port(), free_port()
         bare = subprocess.Popen(
-            [sys.executable, __file__, "--bare-server", str(port)], preexec_fn=pin_server
+            [sys.executable, __file__, "--bare-server", str(bare_port)], preexec_fn=pin_server
         )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_up(base, bare)
-            for gen in generators:
-                results[f"{gen}/bare"] = run_generator(gen, base, {}, "t", args)
-        finally:
-            bare.terminate()
-            bare.wait()
-        port = free_port()
         proc, key = start_stillmotion(tmp, port)
-        base = f"http://127.0.0.1:{port}"
+        bare_base, base = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {key}"}
         try:
+            wait_up(bare_base, bare)
             wait_up(base, proc)
             task_id = httpx.post(
                 base + "/task/bailian/image2video", json=SUBMIT_BODY, headers=headers
             ).json()["output"]["task_id"]
-            for gen in generators:
-                results[f"{gen}/stillmotion"] = run_generator(gen, base, headers, task_id, args)
+            for _ in range(args.rounds):
+                for gen in generators:
+                    results.setdefault(f"{gen}/bare", []).append(
+                        run_generator(gen, bare_base, {}, "t", args)
+                    )
+                    results.setdefault(f"{gen}/stillmotion", []).append(
+                        run_generator(gen, base, headers, task_id, args)
+                    )
         finally:
-            proc.terminate()
-            proc.wait()
+            for p in (bare, proc):
+                p.terminate()
+                p.wait()
     return results
 
 
@@ -259,6 +263,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
     parser.add_argument(
         "--generators", default="httpx,wrk", help="load generators to run (comma-separated)"
     )
@@ -281,12 +286,11 @@ def main() -> None:
     report(run_all(args, generators), args, generators)
 
 
-def report(
-    results: dict[str, dict[str, Any]], args: argparse.Namespace, generators: list[str]
-) -> None:
+def report(results: dict[str, list[Any]], args: argparse.Namespace, generators: list[str]) -> None:
     print(
-        f"loopback, {args.concurrency} concurrent connections, {args.seconds:.0f} s per run, "
-        f"{os.cpu_count()} cores (server pinned to one, load generator on the other)"
+        f"loopback, {args.concurrency} concurrent connections, {args.rounds} interleaved rounds "
+        f"of {args.seconds:.0f} s per run, {os.cpu_count()} cores (servers pinned to one, load "
+        "generator on the other); medians over the rounds"
     )
     if "wrk" not in generators:
         print("(wrk not found: only the Python load generator ran; apt-get install wrk)")
@@ -296,16 +300,20 @@ def report(
     for gen in generators:
         for what in ("submit", "query"):
             for server in ("bare", "stillmotion"):
-                rps, p50, p99 = results[f"{gen}/{server}"][what]
+                runs = [r[what] for r in results[f"{gen}/{server}"]]
+                rps, p50, p99 = (statistics.median(col) for col in zip(*runs, strict=True))
                 print(f"{gen:<8} {what:<8} {server:<12} {rps:8.0f} {p50:8.2f} {p99:8.2f}")
     targets = {"submit": 0.5, "query": 0.7}
     for gen in generators:
         for what, target in targets.items():
-            ratio = results[f"{gen}/stillmotion"][what][0] / results[f"{gen}/bare"][what][0]
+            pairs = zip(results[f"{gen}/stillmotion"], results[f"{gen}/bare"], strict=True)
+            ratios = [ours[what][0] / bare[what][0] for ours, bare in pairs]
+            ratio = statistics.median(ratios)
             verdict = "PASS" if ratio >= target else "FAIL"
+            rounds = " ".join(f"{r:.2f}" for r in ratios)
             print(
                 f"{gen}: {what} throughput ratio stillmotion/bare: {ratio:.2f} "
-                f"(target >= {target}) {verdict}"
+                f"(target >= {target}) {verdict}   [rounds: {rounds}]"
             )
 
 

@@ -114,6 +114,26 @@ async def test_create_and_get(store: TaskStore, clock: FakeClock) -> None:
     assert await store.events(row.id) == [{"at": clock.now, "kind": "created", "detail": None}]
 
 
+async def test_concurrent_misses_share_one_read(store: TaskStore) -> None:
+    row = await new_task(store)
+    selects: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    sync_engine = store._read.sync_engine  # the store's read engine; the test counts its queries
+    sa.event.listen(sync_engine, "before_cursor_execute", count)
+    try:
+        store._cache.clear()
+        rows = await asyncio.gather(*(store.get_task(row.id) for _ in range(20)))
+        assert rows == [row] * 20 and len(selects) == 1
+        store._cache.clear()
+        assert await store.get_task(row.id) == row and len(selects) == 2
+    finally:
+        sa.event.remove(sync_engine, "before_cursor_execute", count)
+
+
 async def test_list_pages_filters_and_tenancy(store: TaskStore, clock: FakeClock) -> None:
     ids = []
     for i in range(5):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,7 @@ from stillmotion.api import (
     routes_web,
 )
 from stillmotion.api.errors import BodyLimitMiddleware, install_error_handlers
+from stillmotion.api.responses import JSONResponse
 from stillmotion.config import Settings
 from stillmotion.runtime import Runtime, open_runtime
 
@@ -25,6 +27,14 @@ Submit with `POST /task/bailian/image2video`, poll `GET /task/{task_id}`, downlo
 `output.video_url`. Authenticate with `Authorization: Bearer <key>`
 (`stillmotion keys create --name NAME`). Errors are `{request_id, code, message}`.
 """
+
+
+def freeze_startup_objects() -> None:
+    """Move everything start-up made (modules, the app, the catalog: ~120k objects) out of
+    the garbage collector's sight. Otherwise every full collection walks all of it, a 60 ms
+    stall of the event loop that showed up as the API's p99 latency under load."""
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
@@ -42,13 +52,18 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         app.state.runtime = rt
         if settings.run_worker and settings.workers > 0:
             await rt.start_worker()
+        freeze_startup_objects()
         try:
             yield
         finally:
             await rt.close()
 
     app = FastAPI(
-        title="stillmotion", version=__version__, description=DESCRIPTION, lifespan=lifespan
+        title="stillmotion",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
     )
     if runtime is not None:
         app.state.runtime = runtime

@@ -8,10 +8,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stillmotion.api.responses import JSONResponse
 from stillmotion.errors import ServiceError, TooLarge
 
 log = logging.getLogger("stillmotion.api")

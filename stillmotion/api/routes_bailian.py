@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from stillmotion.api.deps import Caller, get_caller
 from stillmotion.api.errors import no_retry_on_error
+from stillmotion.api.responses import JSONResponse
 from stillmotion.api.schemas import ErrorResponse, SubmitBody, SubmitResponse, TaskResponse
 from stillmotion.errors import InvalidParameter
 
@@ -21,8 +21,8 @@ async def read_json(request: Request) -> Any:
     if not raw:
         raise InvalidParameter("The request body is empty; send a JSON object.")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise InvalidParameter(f"The request body is not valid JSON: {exc}") from None
 
 

@@ -14,12 +14,12 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from stillmotion.api import routes_bailian
 from stillmotion.api.deps import Caller, CallerDep
 from stillmotion.api.errors import no_retry_on_error
+from stillmotion.api.responses import JSONResponse
 from stillmotion.api.schemas import ErrorResponse, SubmitBody, SubmitResponse, TaskResponse
 from stillmotion.errors import AccessDenied, InvalidParameter
 from stillmotion.tasks.store import TaskRow

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 
 from stillmotion import __version__, catalog
 from stillmotion.api.deps import RuntimeDep
+from stillmotion.api.responses import JSONResponse
 
 router = APIRouter(tags=["system"])
 

@@ -8,19 +8,20 @@ submits that arrive while a transaction is in flight are written together by one
 On SQLite the batch runs on a plain ``sqlite3`` connection owned by one dedicated thread
 (:class:`SqliteBatchWriter`): the whole transaction is one hop off the event loop, and the
 rows go to the driver as they are, without SQLAlchemy's per-statement machinery (compile
-cache, pool checkout, type processors), which cost twice the database's own work per row.
+cache, pool checkout, type processors), which cost twice the database's own work per row,
+and JSON columns are encoded with orjson (a tenth of ``json.dumps``'s time).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,7 +30,6 @@ from stillmotion.tasks.schema import task_events, tasks
 
 _Row = tuple[dict[str, Any], dict[str, Any]]
 _Item = tuple[dict[str, Any], dict[str, Any], "asyncio.Future[None]"]
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class SqliteBatchWriter:
@@ -77,7 +77,7 @@ def _insert(table: sa.Table, rows: list[dict[str, Any]]) -> tuple[str, list[dict
         for row in rows:
             for name in json_names:
                 if row[name] is not None:
-                    row[name] = _dumps(row[name])
+                    row[name] = orjson.dumps(row[name]).decode()
     return sql, rows
 
 

@@ -8,6 +8,7 @@ worker whose lease was taken over changes nothing. Every status change appends a
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -67,6 +68,7 @@ class TaskStore:
         sqlite = SqliteBatchWriter(url) if self.dialect == "sqlite" else None
         self._inserts = InsertBatcher(write, sqlite=sqlite)
         self._cache = RowCache(cache_seconds)
+        self._reads: dict[str, asyncio.Future[TaskRow | None]] = {}
 
     @classmethod
     async def open(
@@ -161,9 +163,19 @@ class TaskStore:
         return self._cache.put(row)
 
     async def get_task(self, task_id: str) -> TaskRow | None:
+        """The row, from the cache when it may be (see ``tasks/cache.py``). Concurrent misses
+        for one task share a single read: a task polled by many clients at once, or a cache
+        entry expiring under load, costs one query, not one per request."""
         cached = self._cache.get(task_id)
         if cached is not None:
             return cached
+        read = self._reads.get(task_id)
+        if read is None:
+            read = self._reads[task_id] = asyncio.ensure_future(self._read_task(task_id))
+            read.add_done_callback(lambda _: self._reads.pop(task_id, None))
+        return await asyncio.shield(read)
+
+    async def _read_task(self, task_id: str) -> TaskRow | None:
         async with self._read.connect() as conn:
             row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
         return self._cache.put(TaskRow.from_row(row._mapping)) if row else None
