@@ -125,10 +125,13 @@ async def main() -> None:
         make_image(image)
         plan = plan_motion(PROMPT, SEED, "single", (1920, 1080), (WIDTH, HEIGHT), FRAMES)
         zoom = plan.rect(0).w / plan.rect(FRAMES - 1).w
-        engines = {"motion": MotionEngine(processes=1)}
+        # The engine as served (a pool of 2: the video renders as 2 pieces at once, joined
+        # without re-encoding) and, for comparison, one render with 2 x264 frame threads.
+        engines = {"motion": MotionEngine(processes=2), "single": MotionEngine(processes=1)}
         count = 0
+        sizes: dict[str, int] = {}
 
-        async def motion(extras: bool = False) -> None:
+        async def motion(extras: bool = False, engine: str = "motion") -> None:
             nonlocal count
             count += 1
             job = EngineJob(
@@ -142,44 +145,51 @@ async def main() -> None:
                 work_dir=root / f"work-{count}",
                 image_path=image,
             )
-            await engines["motion"].generate(job, _noop, CancelSignal())
+            result = await engines[engine].generate(job, _noop, CancelSignal())
+            sizes["full" if extras else engine] = result.video_path.stat().st_size
 
         async def zoompan() -> None:
             cmd = zoompan_cmd(image, root / "zoompan.mp4", zoom)
             await asyncio.to_thread(subprocess.run, cmd, check=True)
+            sizes["zoompan"] = (root / "zoompan.mp4").stat().st_size
 
         runs: dict[str, Callable[[], Awaitable[None]]] = {
             "motion": motion,
+            "single": lambda: motion(engine="single"),
             "zoompan": zoompan,
             "full": lambda: motion(extras=True),
         }
         times: dict[str, list[float]] = {name: [] for name in runs}
         try:
             cold = await timed(motion)
+            await motion(engine="single")  # warm its pool too
             for _ in range(RUNS):
                 for name, run in runs.items():
                     times[name].append(await timed(run))
         finally:
             for engine in engines.values():
                 await engine.aclose()
-    report(zoom, cold, times)
+    report(zoom, cold, times, sizes)
 
 
-def report(zoom: float, cold: float, times: dict[str, list[float]]) -> None:
+def report(zoom: float, cold: float, times: dict[str, list[float]], sizes: dict[str, int]) -> None:
     best = {k: min(v) for k, v in times.items()}
     mid = {k: statistics.median(v) for k, v in times.items()}
 
     def line(label: str, key: str) -> str:
-        return f"{label:<44}{best[key]:6.2f} s  (median {mid[key]:.2f})"
+        size = sizes[key] / 1e6
+        return f"{label:<44}{best[key]:6.2f} s  (median {mid[key]:.2f})  {size:5.2f} MB"
 
     print(f"5 s of 720P ({WIDTH}x{HEIGHT}, {FRAMES} frames), push-in x{zoom:.3f}, ", end="")
     print(f"libx264 {DEFAULT_PRESET} crf {DEFAULT_CRF}, best of {RUNS}")
-    print(line("motion engine (warm pool)", "motion"))
+    print(line("motion engine (2 pieces at once, warm pool)", "motion"))
+    print(line("motion engine, one render (2 x264 threads)", "single"))
     print(line("motion engine, audio + watermark", "full"))
     print(f"{'motion engine, cold (spawns its pool)':<44}{cold:6.2f} s")
     print(line("ffmpeg zoompan", "zoompan"))
     ratio = best["zoompan"] / best["motion"]
-    print(f"{'ratio zoompan / motion':<44}{ratio:6.2f}x")
+    print(f"{'ratio zoompan / motion (best of each)':<44}{ratio:6.2f}x")
+    print(f"{'ratio zoompan / motion (medians)':<44}{mid['zoompan'] / mid['motion']:6.2f}x")
     print(f"faster than zoompan: {'PASS' if best['motion'] < best['zoompan'] else 'FAIL'}")
     print(f"under {TARGET_S:.0f} s:           {'PASS' if best['motion'] < TARGET_S else 'FAIL'}")
 

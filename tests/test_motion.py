@@ -8,6 +8,7 @@ import os
 import signal
 import wave
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from stillmotion.domain import MediaRef, VideoRequest
 from stillmotion.engines.base import CancelSignal, EngineJob, EngineResult
 from stillmotion.engines.motion import MotionEngine
 from stillmotion.engines.motion_plan import Move, detect_move, plan_motion
-from stillmotion.engines.motion_render import has_glyphs, watermark_font
+from stillmotion.engines.motion_render import RenderArgs, has_glyphs, split_render, watermark_font
 from stillmotion.errors import EngineCanceled, PermanentEngineError, RetryableEngineError
 from stillmotion.media.audio import load_audio, synth_ambience
 from stillmotion.media.encode import VideoWriter
@@ -269,6 +270,46 @@ async def test_same_seed_same_frames_other_seed_differs(
     assert len(runs[0]) == len(runs[1]) == 60
     assert all(np.array_equal(x, y) for x, y in zip(runs[0], runs[1], strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(runs[0], runs[2], strict=True))
+
+
+def test_split_render_makes_consecutive_pieces_of_at_least_a_second() -> None:
+    args = RenderArgs(
+        image_path="i.png", audio_path=None, work_dir="w", prompt="", seed=1,
+        shot_type="single", audio=True, watermark=False, width=64, height=64, fps=30,
+        num_frames=150, threads=2,
+    )  # fmt: skip
+    pieces = split_render(args, 2)
+    assert [(p.start, p.end) for p in pieces] == [(0, 75), (75, 150)]
+    assert [p.threads for p in pieces] == [1, 1] and not any(p.whole for p in pieces)
+    assert len({p.output for p in pieces} | {p.progress_name for p in pieces}) == 4
+    assert [(p.start, p.end) for p in split_render(args, 8)] == [
+        (0, 30), (30, 60), (60, 90), (90, 120), (120, 150)
+    ]  # fmt: skip
+    short = replace(args, num_frames=59)
+    assert split_render(short, 2) == [short] and short.whole
+
+
+async def test_pieces_join_into_the_video_one_render_makes(
+    engine: MotionEngine, image: Path, tmp_path: Path
+) -> None:
+    """The pool of 2 renders a 2 s video as two pieces joined without re-encoding."""
+    single = MotionEngine(processes=1)
+    try:
+        one = await render(single, make_job(tmp_path / "one", image, prompt="pan left"))
+    finally:
+        await single.aclose()
+    joined = await render(engine, make_job(tmp_path / "two", image, prompt="pan left"))
+    assert not list((tmp_path / "two").glob("segment-*"))  # the pieces were cleaned up
+    with av.open(str(joined.video_path)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        pts = [f.pts for f in c.decode(v)]
+        assert float(a.duration * a.time_base) == pytest.approx(2.0, abs=0.03)
+    assert len(pts) == 60 and pts == sorted(pts) and len(set(pts)) == 60
+    pairs = list(zip(frames_of(one.video_path), frames_of(joined.video_path), strict=True))
+    # The same pictures, in the same place, up to resampling and encoding noise (each piece
+    # pre-scales only the part of the still its frames show).
+    assert max(np.abs(gray(x) - gray(y)).mean() for x, y in pairs) < 3.0
+    assert all(shift(gray(x), gray(y)) == (0, 0) for x, y in pairs[::10])
 
 
 @pytest.mark.parametrize("seconds", [4.0, 0.5])

@@ -5,8 +5,10 @@ frames are drawn as yuv420p planes (:mod:`motion_frames`) and go to libx264 on a
 while the next one is drawn; audio is the request's track (cut or padded), a synthetic
 ambience, or none (:mod:`motion_render`).
 
-All of that CPU work runs in a process pool (spawn), never on the event loop. The engine
-polls the child's ``progress`` file, and creates a ``cancel`` file to stop it.
+All of that CPU work runs in a process pool (spawn), never on the event loop. A video of
+at least two seconds is split into as many consecutive pieces as the pool has processes;
+the pieces render side by side and are then joined without re-encoding. The engine polls
+the children's progress files, and creates a ``cancel`` file to stop them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import concurrent.futures
 import multiprocessing
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 from stillmotion.engines.base import CancelSignal, EngineJob, EngineResult, ProgressFn
 from stillmotion.engines.motion_render import (
@@ -26,7 +29,9 @@ from stillmotion.engines.motion_render import (
     RenderFailed,
     RenderOutcome,
     init_render_process,
+    join_video,
     render_video,
+    split_render,
 )
 from stillmotion.errors import (
     EngineCanceled,
@@ -41,9 +46,11 @@ CANCEL_GRACE_S = 5.0  # how long the engine waits for a canceled render to stop
 class MotionEngine:
     """Camera-motion video from a still, rendered in ``processes`` spawned processes.
 
-    Each render uses ``threads`` x264 frame threads. The output is byte-identical for the
-    same image, prompt and seed: the render processes fix the contents of fresh heap memory
-    (``motion_render.init_render_process``), which libx264 partly reads uninitialised.
+    A video is split into up to ``processes`` pieces rendered at once (see
+    ``motion_render.split_render``), which share ``threads`` x264 threads. The output is
+    byte-identical for the same image, prompt and seed: the render processes fix the
+    contents of fresh heap memory (``motion_render.init_render_process``), which libx264
+    partly reads uninitialised.
     """
 
     name = "motion"
@@ -87,6 +94,8 @@ class MotionEngine:
         work.mkdir(parents=True, exist_ok=True)
         for name in (PROGRESS_NAME, CANCEL_NAME, VIDEO_NAME):
             (work / name).unlink(missing_ok=True)
+        for stale in [*work.glob(f"{PROGRESS_NAME}-*"), *work.glob("segment-*.mp4")]:
+            stale.unlink(missing_ok=True)
         args = self._args(job)
         self._active.add(work)
         try:
@@ -127,16 +136,21 @@ class MotionEngine:
     async def _run(
         self, args: RenderArgs, work: Path, progress: ProgressFn, cancel: CancelSignal
     ) -> tuple[RenderOutcome, float]:
-        """Run the render in the pool; returns its outcome and the last progress reported."""
-        loop = asyncio.get_running_loop()
+        """Render ``args`` in the pool (in pieces, then joined, when it splits); returns the
+        outcome and the last progress reported."""
+        pieces = split_render(args, self.processes)
         try:
-            future = loop.run_in_executor(self._executor(), render_video, args)
-        except (BrokenProcessPool, RuntimeError):  # broken or shut down: start a fresh pool
-            self._drop_pool()
-            future = loop.run_in_executor(self._executor(), render_video, args)
-        try:
-            reported = await self._supervise(future, work, progress, cancel)
-            return future.result(), reported
+            futures = self._submit([(render_video, (piece,)) for piece in pieces])
+            done = asyncio.gather(*futures)
+            paths = [work / piece.progress_name for piece in pieces]
+            reported = await self._supervise(done, work, paths, progress, cancel)
+            outcomes = done.result()
+            if len(pieces) == 1:
+                return outcomes[0], reported
+            if any(o.canceled for o in outcomes):
+                return RenderOutcome(canceled=True, has_audio=False, frames=0), reported
+            (joined,) = self._submit([(join_video, (args, pieces))])
+            return await joined, reported
         except asyncio.CancelledError:
             (work / CANCEL_NAME).touch()
             raise
@@ -144,6 +158,7 @@ class MotionEngine:
             self._drop_pool()
             raise RetryableEngineError("the motion render process died; it can be retried") from exc
         except RenderFailed as exc:
+            (work / CANCEL_NAME).touch()  # stops the other pieces
             message = f"motion render failed: {exc.message}"
             raise PermanentEngineError(message, code=exc.code) from exc
         except EngineError:
@@ -152,27 +167,36 @@ class MotionEngine:
             message = f"motion render failed: {type(exc).__name__}: {exc}"
             raise PermanentEngineError(message) from exc
 
+    def _submit(self, calls: list[tuple[Any, tuple[Any, ...]]]) -> list[asyncio.Future[Any]]:
+        """Hand ``calls`` to the pool; a broken or shut-down pool is replaced once."""
+        loop = asyncio.get_running_loop()
+        try:
+            return [loop.run_in_executor(self._executor(), fn, *a) for fn, a in calls]
+        except (BrokenProcessPool, RuntimeError):
+            self._drop_pool()
+            return [loop.run_in_executor(self._executor(), fn, *a) for fn, a in calls]
+
     async def _supervise(
         self,
-        future: asyncio.Future[RenderOutcome],
+        future: asyncio.Future[Any],
         work: Path,
+        progress_paths: list[Path],
         progress: ProgressFn,
         cancel: CancelSignal,
     ) -> float:
-        """Relay progress until ``future`` is done; on cancel, tell the child and wait a bit.
-
-        Returns the last fraction reported.
+        """Relay progress (the pieces' mean) until ``future`` is done; on cancel, tell the
+        children and wait a bit. Returns the last fraction reported.
         """
         last = 0.0
         while not future.done():
             if cancel.is_set:
                 (work / CANCEL_NAME).touch()
                 done, _ = await asyncio.wait({future}, timeout=CANCEL_GRACE_S)
-                if not done:  # the child stops on its own at its next check
+                if not done:  # the children stop on their own at their next check
                     raise EngineCanceled("canceled while rendering")
                 return last
             await asyncio.wait({future}, timeout=self.poll_interval)
-            value = _read_progress(work / PROGRESS_NAME)
+            value = sum(_read_progress(p) for p in progress_paths) / len(progress_paths)
             if value > last:
                 last = value
                 await progress(value)

@@ -147,10 +147,21 @@ def _join(top: Future[Image.Image], bottom: Future[Image.Image]) -> Image.Image:
 
 
 class FrameSource:
-    """Draws the frames of a plan, shot by shot, preparing the next shot while one plays."""
+    """Draws the frames of a plan, shot by shot, preparing the next shot while one plays.
 
-    def __init__(self, image: Image.Image, plan: MotionPlan, size: tuple[int, int]) -> None:
+    ``span`` (``start, stop``): only those frames will be drawn (a piece of the video), so
+    each shot's source covers only the part of the still those frames show.
+    """
+
+    def __init__(
+        self,
+        image: Image.Image,
+        plan: MotionPlan,
+        size: tuple[int, int],
+        span: tuple[int, int] | None = None,
+    ) -> None:
         self.plan, self.size = plan, size
+        self.span = span or (0, plan.num_frames)
         mx, my = (int(np.ceil(v)) for v in plan.overflows)
         self.canvas = _with_backdrop(image, mx, my) if mx or my else image
         self.offset = (float(mx), float(my))
@@ -166,9 +177,13 @@ class FrameSource:
         ox, oy = self.offset
         return (x0 + ox, y0 + oy, x1 + ox, y1 + oy)
 
-    def _make(self, shot: int, warmup: int = 0) -> ShotSource:
+    def _frames(self, shot: int) -> range:
+        """The frames of ``shot`` this source draws."""
         s = self.plan.shots[shot]
-        boxes = [self.box(i) for i in range(s.start, s.end)]
+        return range(max(s.start, self.span[0]), min(s.end, self.span[1]))
+
+    def _make(self, shot: int, warmup: int = 0) -> ShotSource:
+        boxes = [self.box(i) for i in self._frames(shot)]
         return ShotSource(self.canvas, boxes, self.size, self._pool, warmup)
 
     def draw(self, index: int) -> Planes:
@@ -179,9 +194,9 @@ class FrameSource:
             else:
                 self._source = self._make(shot, warmup=WARMUP_FRAMES)
             self._shot = shot
-            more = shot + 1 < len(self.plan.shots)
+            more = shot + 1 < len(self.plan.shots) and len(self._frames(shot + 1)) > 0
             self._next = self._ahead.submit(self._make, shot + 1) if more else None
-        return self._source.draw(self.box(index), index - self.plan.shots[shot].start)
+        return self._source.draw(self.box(index), index - self._frames(shot).start)
 
     def close(self) -> None:
         self._ahead.shutdown(wait=True, cancel_futures=True)

@@ -243,6 +243,57 @@ class VideoWriter:
             self.abort()
 
 
+def join_segments(
+    segments: list[Path], path: str | Path, fps: int, *, audio: np.ndarray | None = None,
+    sample_rate: int = 48_000,
+) -> int:  # fmt: skip
+    """Copy H.264 ``segments`` (each from a :class:`VideoWriter` with the same settings, so
+    each starts with an IDR frame and all share one SPS/PPS) one after the other into an MP4
+    at ``path``, without re-encoding; ``audio`` as in :class:`VideoWriter`. Returns the
+    number of frames. On an error the partial file is removed and the error raised.
+    """
+    out = Path(path)
+    container = av.open(str(out), mode="w", format="mp4", options={"movflags": "+faststart"})
+    lock = threading.Lock()
+    track: _AudioTrack | None = None
+    try:
+        frames = 0
+        for index, segment in enumerate(segments):
+            with av.open(str(segment)) as source:
+                src = source.streams.video[0]
+                if index == 0:
+                    video = container.add_stream_from_template(src)
+                    if audio is not None:
+                        track = _AudioTrack(container, _as_stereo(audio), sample_rate, lock)
+                    container.start_encoding()
+                    if track is not None:
+                        track.start()
+                offset = round(Fraction(frames, fps) / (src.time_base or Fraction(1, fps)))
+                for packet in source.demux(src):
+                    if packet.dts is None or packet.pts is None:  # the end-of-stream marker
+                        continue
+                    packet.pts, packet.dts = packet.pts + offset, packet.dts + offset
+                    packet.stream = video
+                    with lock:
+                        container.mux(packet)
+                frames += src.frames
+            if track is not None:
+                track.advance(frames * sample_rate // fps, final=index == len(segments) - 1)
+        if track is not None:
+            track.join()
+        container.close()
+        return frames
+    except BaseException:
+        if track is not None:
+            track.stop()
+        try:
+            container.close()
+        except Exception:  # a half-written container may fail to finalise; it is deleted
+            pass
+        out.unlink(missing_ok=True)
+        raise
+
+
 class _AudioTrack:
     """AAC on its own thread, encoding up to the sample position the video has reached."""
 
