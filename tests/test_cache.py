@@ -25,6 +25,7 @@ async def test_other_process_changes_show_within_the_bound(tmp_path: Path) -> No
     worker = await _open(tmp_path / "db.sqlite", cache_seconds=0.0)
     try:
         await _create(api, "t1")
+        assert await api.get_task("t1") is not None  # read once: now cached (new rows are not)
         claimed = await worker.claim("w#1", 30)
         assert claimed is not None and claimed.id == "t1"
         row = await api.get_task("t1")

@@ -160,7 +160,9 @@ class TaskStore:
         values["status"] = PENDING
         event = dict(task_id=task_id, at=now, kind="created", detail=None)
         await self._inserts.insert(values, event)
-        return self._cache.put(row)
+        # Not cached: a new task is rarely polled within the cache's TTL, and every cached
+        # row is garbage the collector walks until it expires.
+        return row
 
     async def get_task(self, task_id: str) -> TaskRow | None:
         """The row, from the cache when it may be (see ``tasks/cache.py``). Concurrent misses
