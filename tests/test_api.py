@@ -232,6 +232,37 @@ async def test_unknown_route_and_method_use_error_shape(client: httpx.AsyncClien
     assert set(resp.json()) == {"request_id", "code", "message"}
 
 
+async def test_a_client_that_hangs_up_mid_body_is_not_an_error(
+    runtime: Runtime, auth: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """wrk and impatient clients close connections mid-request: no 500, no traceback."""
+    app = create_app(runtime=runtime)
+    headers = [(k.lower().encode(), v.encode()) for k, v in auth.items()]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/task/bailian/image2video",
+        "raw_path": b"/task/bailian/image2video", "query_string": b"", "root_path": "",
+        "headers": [*headers, (b"content-type", b"application/json"), (b"content-length", b"999")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {},
+    }  # fmt: skip
+    messages = iter([{"type": "http.request", "body": b'{"model"', "more_body": True},
+                     {"type": "http.disconnect"}])  # fmt: skip
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with caplog.at_level("WARNING"):
+        await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    (key,) = await runtime.store.list_keys()
+    assert (await runtime.store.list_tasks(key.id, limit=1))[1] == 0  # nothing was created
+
+
 async def test_submit_server_errors_say_do_not_retry(
     client: httpx.AsyncClient,
     auth: dict[str, str],

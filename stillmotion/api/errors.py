@@ -9,6 +9,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stillmotion.api.responses import JSONResponse
@@ -92,6 +94,13 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request_id(request), "InvalidParameter", "; ".join(parts), 400)
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client hung up before its request body arrived: nothing was created and no one
+    is listening, so there is nothing to log as an error or to answer."""
+    log.debug("client disconnected during request %s", request_id(request))
+    return Response(status_code=400)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     rid = request_id(request)
     log.exception("unhandled error in request %s", rid)
@@ -103,6 +112,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
 
 
