@@ -5,10 +5,11 @@
 Both render the same eased push-in (the zoom the engine's plan picks for the seed) to
 H.264 with the same preset and CRF, yuv420p, no audio; zoompan with 2 x264 threads, the
 engine as served with a pool of 2 (two pieces of the video at once, one x264 thread each,
-joined without re-encoding) and, for comparison, as one render with 2 x264 frame threads. The runs are interleaved (motion, zoompan, motion, ...) so that a noisy neighbour
-hits both alike; each figure is the best of 5, with the median beside it. The engine's
-pool is warmed first (its cold start is printed too). For information: the engine with
-audio and a watermark. The targets (PASS/FAIL) are judged on the plain engine. Only prints.
+joined without re-encoding) and, for comparison, as one render with 2 x264 frame threads.
+The runs are interleaved (motion, zoompan, motion, ...) so that a noisy neighbour hits all
+alike; each figure is the best of 5, with the median beside it. The engine's pools are
+warmed first (its cold start is printed too). For information: the engine with audio and
+a watermark. The targets (PASS/FAIL) are judged on the plain engine. Only prints.
 """
 
 from __future__ import annotations

@@ -48,9 +48,9 @@ class MotionEngine:
 
     A video is split into up to ``processes`` pieces rendered at once (see
     ``motion_render.split_render``), which share ``threads`` x264 threads. The output is
-    byte-identical for the same image, prompt and seed: the render processes fix the
-    contents of fresh heap memory (``motion_render.init_render_process``), which libx264
-    partly reads uninitialised.
+    byte-identical for the same image, prompt, seed and ``processes`` (which sets where the
+    pieces start): the render processes fix the contents of fresh heap memory
+    (``motion_render.init_render_process``), which libx264 partly reads uninitialised.
     """
 
     name = "motion"

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -135,9 +136,14 @@ def init_render_process() -> None:
 
 
 def render_video(args: RenderArgs) -> RenderOutcome:
-    """Render ``args`` to ``work_dir/video.mp4`` (runs in a pool process)."""
+    """Render ``args`` to ``work_dir/args.output`` (runs in a pool process)."""
+    return _in_child(_render, args)
+
+
+def _in_child(fn: Callable[..., RenderOutcome], *args: Any) -> RenderOutcome:
+    """Run ``fn`` in a pool process: a cancel becomes an outcome, errors plain values."""
     try:
-        return _render(args)
+        return fn(*args)
     except _Canceled:
         return RenderOutcome(canceled=True, has_audio=False, frames=0)
     except ServiceError as exc:  # e.g. an undecodable image: keep its code
@@ -148,20 +154,17 @@ def render_video(args: RenderArgs) -> RenderOutcome:
 
 def join_video(args: RenderArgs, pieces: list[RenderArgs]) -> RenderOutcome:
     """Join the pieces' segments into ``video.mp4`` with the audio (runs in a pool process)."""
-    try:
-        work = Path(args.work_dir)
-        _Control(work).check()
-        audio = _audio_for(args)
-        join_segments([work / p.output for p in pieces], work / VIDEO_NAME, args.fps, audio=audio)
-        for piece in pieces:
-            (work / piece.output).unlink(missing_ok=True)
-        return RenderOutcome(canceled=False, has_audio=audio is not None, frames=args.num_frames)
-    except _Canceled:
-        return RenderOutcome(canceled=True, has_audio=False, frames=0)
-    except ServiceError as exc:
-        raise RenderFailed(exc.message, exc.code) from None
-    except Exception as exc:
-        raise RenderFailed(f"{type(exc).__name__}: {exc}") from None
+    return _in_child(_join, args, pieces)
+
+
+def _join(args: RenderArgs, pieces: list[RenderArgs]) -> RenderOutcome:
+    work = Path(args.work_dir)
+    _Control(work).check()
+    audio = _audio_for(args)
+    join_segments([work / p.output for p in pieces], work / VIDEO_NAME, args.fps, audio=audio)
+    for piece in pieces:
+        (work / piece.output).unlink(missing_ok=True)
+    return RenderOutcome(canceled=False, has_audio=audio is not None, frames=args.num_frames)
 
 
 class _Control:
