@@ -361,8 +361,9 @@ async def test_admission_keeps_the_submit_rate_without_spending_attempts(
     client: httpx.AsyncClient, auth: dict[str, str], runtime: Runtime, fake: FakeDashScopeServer
 ) -> None:
     runtime.settings.dashscope_submit_rate = 4  # bursts of 4, then one every 0.25 s
-    await runtime.start_worker()
+    # All ten wait in the queue before the worker starts, however fast this machine submits.
     ids = [await submit(client, auth, seed_body()) for _ in range(10)]
+    await runtime.start_worker()
     await _all_succeed(client, auth, ids)
     times = sorted(s["at"] for s in fake.state.submits)
     assert times[-1] - times[0] >= (10 - 4) / 4 * 0.9
@@ -377,9 +378,11 @@ async def test_admission_keeps_the_submit_rate_without_spending_attempts(
 async def test_many_tasks_are_polled_concurrently(
     client: httpx.AsyncClient, auth: dict[str, str], runtime: Runtime, fake: FakeDashScopeServer
 ) -> None:
-    fake.state.config.running_seconds = 1.0
-    await runtime.start_worker()
+    # Long enough upstream that claiming and submitting all twenty (tens of ms each on a
+    # busy 2-core machine) ends before the first finishes: overlap then shows concurrency.
+    fake.state.config.running_seconds = 3.0
     ids = [await submit(client, auth, seed_body()) for _ in range(20)]
+    await runtime.start_worker()  # all twenty are queued: the worker must take them at once
     results = await asyncio.gather(*(poll(client, t, auth, timeout=60) for t in ids))
     assert all(r["output"]["task_status"] == "SUCCEEDED" for r in results)
     assert upstream_overlap(fake) >= 15
