@@ -378,9 +378,11 @@ async def test_admission_keeps_the_submit_rate_without_spending_attempts(
 async def test_many_tasks_are_polled_concurrently(
     client: httpx.AsyncClient, auth: dict[str, str], runtime: Runtime, fake: FakeDashScopeServer
 ) -> None:
-    # Long enough upstream that claiming and submitting all twenty (tens of ms each on a
-    # busy 2-core machine) ends before the first finishes: overlap then shows concurrency.
-    fake.state.config.running_seconds = 3.0
+    # Long enough upstream that claiming and submitting all twenty ends before the first
+    # finishes: overlap then shows concurrent polling. Claims are one transaction each and
+    # the fake shares this process, so on a busy 2-core machine the submits land up to
+    # 0.15 s apart (measured: all twenty within 2.8 s).
+    fake.state.config.running_seconds = 6.0
     ids = [await submit(client, auth, seed_body()) for _ in range(20)]
     await runtime.start_worker()  # all twenty are queued: the worker must take them at once
     results = await asyncio.gather(*(poll(client, t, auth, timeout=60) for t in ids))
