@@ -161,10 +161,11 @@ def _join(args: RenderArgs, pieces: list[RenderArgs]) -> RenderOutcome:
     work = Path(args.work_dir)
     _Control(work).check()
     audio = _audio_for(args)
-    join_segments([work / p.output for p in pieces], work / VIDEO_NAME, args.fps, audio=audio)
-    for piece in pieces:
-        (work / piece.output).unlink(missing_ok=True)
-    return RenderOutcome(canceled=False, has_audio=audio is not None, frames=args.num_frames)
+    segments = [work / p.output for p in pieces]
+    frames = join_segments(segments, work / VIDEO_NAME, args.fps, audio=audio)
+    for segment in segments:
+        segment.unlink(missing_ok=True)
+    return RenderOutcome(canceled=False, has_audio=audio is not None, frames=frames)
 
 
 class _Control:
