@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing
 import os
 import signal
@@ -25,7 +26,8 @@ from stillmotion.engines.motion_plan import Move, detect_move, plan_motion
 from stillmotion.engines.motion_render import RenderArgs, has_glyphs, split_render, watermark_font
 from stillmotion.errors import EngineCanceled, PermanentEngineError, RetryableEngineError
 from stillmotion.media.audio import load_audio, synth_ambience
-from stillmotion.media.encode import VideoWriter
+from stillmotion.media.encode import VideoWriter, yuv420p_planes
+from stillmotion.testing.frames import displacement, ideal_frame, luma_frames, peak_shift, psnr
 
 SMALL = (256, 144)
 FPS = 30
@@ -125,12 +127,7 @@ def top_level_boxes(path: Path) -> list[str]:
 
 def shift(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
     """How far (dx, dy) the content of ``b`` moved relative to ``a`` (phase correlation)."""
-    fa, fb = np.fft.fft2(a - a.mean()), np.fft.fft2(b - b.mean())
-    cross = fb * np.conj(fa)
-    peak = np.fft.ifft2(cross / (np.abs(cross) + 1e-9)).real
-    dy, dx = np.unravel_index(int(np.argmax(peak)), peak.shape)
-    h, w = peak.shape
-    return (int(dx) - w if dx > w // 2 else int(dx)), (int(dy) - h if dy > h // 2 else int(dy))
+    return peak_shift(b, a)
 
 
 def magnify(frame: np.ndarray, z: float) -> np.ndarray:
@@ -214,6 +211,33 @@ async def test_first_frame_is_the_input_and_zoom_in_magnifies(
     assert np.abs(frames[0].astype(np.float32) - expected).mean() < 6
     assert np.abs(gray(frames[-1]) - gray(frames[0])).mean() > 10
     assert zoom_between(gray(frames[0]), gray(frames[-1])) >= 1.1
+
+
+async def test_frames_follow_the_planned_move_to_a_fraction_of_a_pixel(
+    engine: MotionEngine, image: Path, tmp_path: Path
+) -> None:
+    """Sub-pixel motion: each frame sits where the plan's unrounded crop puts it. Crops
+    rounded the way ffmpeg's zoompan rounds them (size to whole pixels, position to even
+    ones) land measurably off that path."""
+    size = (640, 360)
+    job = make_job(tmp_path, image, prompt="slowly zoom in", audio=False, size=size)
+    result = await render(engine, job)
+    still = Image.open(image).convert("RGB")
+    plan = plan_motion("slowly zoom in", 1, "single", still.size, size, job.num_frames)
+    assert plan.overflows == (0.0, 0.0)  # no backdrop: plan boxes are still pixels
+    luma = yuv420p_planes(still)[0]
+    rounded_off = []
+    for n, frame in enumerate(luma_frames(str(result.video_path), every=6)):
+        box = plan.rect(n * 6).box
+        ideal = ideal_frame(luma, box, size)
+        assert math.hypot(*displacement(frame, ideal)) < 0.1
+        assert psnr(frame, ideal) > 35
+        x0, y0 = 2 * (box[0] // 2), 2 * (box[1] // 2)  # zoompan's crop on 4:2:0 input
+        whole = ideal_frame(
+            luma, (x0, y0, x0 + int(box[2] - box[0]), y0 + int(box[3] - box[1])), size
+        )
+        rounded_off.append(math.hypot(*displacement(whole, ideal)))
+    assert len(rounded_off) == 10 and max(rounded_off) > 0.5
 
 
 async def test_pull_out_starts_from_the_input_and_shrinks(
