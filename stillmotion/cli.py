@@ -6,17 +6,25 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import make_url
 
+from stillmotion import __version__
 from stillmotion.cli_generate import generate
-from stillmotion.config import Settings, load_settings
-from stillmotion.runtime import ConfigurationError, build_engines, open_runtime
+from stillmotion.config import DEFAULT_ORIGIN, Settings, data_dir_origin, load_settings
+from stillmotion.runtime import ConfigurationError, build_engines, open_runtime, resolve_routes
 from stillmotion.tasks.keys import create_key
+from stillmotion.tasks.store import TaskStore
+
+if TYPE_CHECKING:
+    import uvicorn
 
 app = typer.Typer(
     help="stillmotion: a Bailian/DashScope-compatible image-to-video service.",
@@ -29,6 +37,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.command("generate")(generate)
 err = Console(stderr=True)
+log = logging.getLogger("stillmotion")
+_PLAIN: dict[str, Any] = {"markup": False, "highlight": False, "soft_wrap": True}  # paths as-is
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory.")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
@@ -62,20 +72,83 @@ def serve(
     import uvicorn
 
     from stillmotion.api.app import create_app
+    from stillmotion.api.http_limits import LimitedHttpToolsProtocol
 
     settings = _settings(config, host=host, port=port, data_dir=data_dir, workers=workers)
+    _setup_logging(settings)
     _run(_check_start(settings))
+    if settings.allow_private_urls:
+        log.warning(
+            "STILLMOTION_ALLOW_PRIVATE_URLS is on: img_url and audio_url may reach loopback, "
+            "private and link-local addresses (local development only)"
+        )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,  # our logging set-up; uvicorn's own lines only from warning up
+            log_level=None,
+            access_log=False,  # stillmotion.api.access_log writes one line per request
+            http=LimitedHttpToolsProtocol,  # a head over 64 KB or 100 headers: 431
+        )
+    )
+    _run_server(server, _banner(settings))
+
+
+def _run_server(server: uvicorn.Server, banner: str) -> None:
+    """What uvicorn.run does with a server, plus the banner once the port is bound."""
+    try:
+        with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+            runner.run(_serve(server, banner))
+    except KeyboardInterrupt:  # as uvicorn.run: uvicorn re-raises a SIGINT once it has stopped
+        pass
+    if not server.started:
+        raise typer.Exit(3)  # as uvicorn.run: the port could not be bound, or start-up failed
+
+
+def _setup_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
-    err.print(f"stillmotion serving on {settings.base_url} (data: {settings.data_dir.resolve()})")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for chatty in ("uvicorn.error", "alembic"):  # start-up lines: only the banner
+            logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
+async def _serve(server: uvicorn.Server, banner: str) -> None:
+    """Serve; once the port is bound, write the start-up banner (one line on stderr)."""
+    announce = asyncio.create_task(_announce(server, banner))
+    try:
+        await server.serve()
+    finally:
+        announce.cancel()
+
+
+async def _announce(server: uvicorn.Server, banner: str) -> None:
+    while not server.started:
+        await asyncio.sleep(0.05)
+    sys.stderr.write(banner + "\n")
+    sys.stderr.flush()
+
+
+def _banner(settings: Settings) -> str:
+    engines = ", ".join(sorted(set(resolve_routes(settings).values())))
+    worker = f"{settings.workers} at once" if settings.run_worker and settings.workers else "off"
+    return (
+        f"stillmotion {__version__} serving on {settings.base_url} "
+        f"(data dir: {settings.data_dir.resolve()}; database: {_db_label(settings)}; "
+        f"engines: {engines}; worker: {worker})"
     )
+
+
+def _db_label(settings: Settings) -> str:
+    """The database's kind and place, without credentials."""
+    url = make_url(settings.db_url)
+    if url.get_backend_name() == "sqlite":
+        return f"SQLite {url.database}"
+    port = f":{url.port}" if url.port else ""
+    return f"{url.get_backend_name()} at {url.host or 'localhost'}{port}/{url.database or ''}"
 
 
 async def _check_start(settings: Settings) -> None:
@@ -104,9 +177,7 @@ def worker(
 ) -> None:
     """Run a worker without the HTTP API (for example a GPU worker beside `serve --workers 0`)."""
     settings = _settings(config, data_dir=data_dir, workers=workers)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    _setup_logging(settings)
     _run(_worker_main(settings, engine or None))
 
 
@@ -123,6 +194,45 @@ async def _worker_main(settings: Settings, engines: list[str] | None) -> None:
         await runtime.close()
 
 
+def _admin_settings(config: Path | None, data_dir: Path | None) -> Settings:
+    """Settings for `keys` and `db`, which say on stderr which database they use. With the
+    default SQLite database in the data dir they create a data dir only when it was named
+    (flag, variable or config file): the implicit `./stillmotion-data` must already exist, so
+    a command run from another directory fails instead of starting an empty one."""
+    settings = _settings(config, data_dir=data_dir)
+    if settings.database_url:
+        err.print(f"database: {_db_label(settings)}", **_PLAIN)
+        return settings
+    where = settings.data_dir.resolve()
+    origin = data_dir_origin(data_dir)
+    exists = (where / "stillmotion.db").is_file()
+    if not exists and origin == DEFAULT_ORIGIN:
+        err.print(_NO_DATA_DIR.format(where=where), **_PLAIN)
+        raise typer.Exit(2)
+    note = "" if exists else ", new"
+    err.print(f"data dir: {where} (from {origin}{note})", **_PLAIN)
+    return settings
+
+
+_NO_DATA_DIR = (
+    "error: no stillmotion data dir at {where} (the default, relative to the current "
+    "directory). Point at the one `serve` uses with --data-dir PATH, STILLMOTION_DATA_DIR=PATH "
+    "or data_dir in the config file (--config FILE or STILLMOTION_CONFIG); a data dir named "
+    "there is created if missing, the default one only by `serve` and `worker`."
+)
+
+
+@asynccontextmanager
+async def _store(settings: Settings) -> AsyncIterator[TaskStore]:
+    """The task store, migrated; no runtime (no engines, no files, no signing secret)."""
+    store = await TaskStore.open(settings.db_url)
+    try:
+        await store.upgrade()
+        yield store
+    finally:
+        await store.close()
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option("--name", help="A label for the key.")],
@@ -130,14 +240,11 @@ def keys_create(
     config: ConfigFile = None,
 ) -> None:
     """Make a new API key and print it (alone, on stdout). It is shown only once."""
-    settings = _settings(config, data_dir=data_dir)
+    settings = _admin_settings(config, data_dir)
 
     async def go() -> str:
-        runtime = await open_runtime(settings)
-        try:
-            return (await create_key(runtime.store, name)).key
-        finally:
-            await runtime.close()
+        async with _store(settings) as store:
+            return (await create_key(store, name)).key
 
     key = _run(go())
     sys.stdout.write(f"{key}\n")
@@ -146,14 +253,11 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """List keys (id, name, prefix, state); secrets are never shown."""
-    settings = _settings(config, data_dir=data_dir)
+    settings = _admin_settings(config, data_dir)
 
     async def go() -> list[tuple[str, str, str, str]]:
-        runtime = await open_runtime(settings)
-        try:
-            rows = await runtime.store.list_keys()
-        finally:
-            await runtime.close()
+        async with _store(settings) as store:
+            rows = await store.list_keys()
         return [
             (r.id, r.name, r.prefix + "…", "revoked" if r.revoked_at else "active") for r in rows
         ]
@@ -172,16 +276,14 @@ def keys_revoke(
     config: ConfigFile = None,
 ) -> None:
     """Revoke a key; requests with it then get 401 InvalidApiKey."""
-    settings = _settings(config, data_dir=data_dir)
+    settings = _admin_settings(config, data_dir)
 
     async def go() -> bool:
-        runtime = await open_runtime(settings)
-        try:
-            return await runtime.store.revoke_key(key_id)
-        except ValueError as exc:  # an ambiguous prefix
-            raise ConfigurationError(str(exc)) from None
-        finally:
-            await runtime.close()
+        async with _store(settings) as store:
+            try:
+                return await store.revoke_key(key_id)
+            except ValueError as exc:  # an ambiguous prefix
+                raise ConfigurationError(str(exc)) from None
 
     if not _run(go()):
         err.print(f"[red]error:[/red] no active key {key_id!r}")
@@ -192,14 +294,14 @@ def keys_revoke(
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Apply the database migrations (serve and worker also do this at start)."""
-    settings = _settings(config, data_dir=data_dir)
+    settings = _admin_settings(config, data_dir)
 
     async def go() -> None:
-        runtime = await open_runtime(settings, migrate=True)
-        await runtime.close()
+        async with _store(settings):
+            pass
 
     _run(go())
-    err.print(f"database at {settings.db_url.split('@')[-1]} is up to date")
+    err.print(f"database {_db_label(settings)} is up to date", **_PLAIN)
 
 
 @app.command("fake-dashscope")

@@ -8,6 +8,7 @@ documented in docs/configuration.md; a test keeps the two in step.
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,6 +75,21 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0, description="How long a claim lasts without renewal.")
     max_attempts: int = Field(3, ge=1, description="Claims of one task before it fails.")
     poll_interval: float = Field(0.5, gt=0, description="Idle worker's seconds between claims.")
+    worker_heartbeat_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="How often a worker renews its row in the `workers` table; a worker "
+        "silent for 3 intervals is dead and its RUNNING tasks are reclaimed.",
+    )
+    sweep_interval_seconds: float = Field(
+        300.0, gt=0, description="How often a worker sweeps `work/` and orphaned inputs."
+    )
+    orphan_grace_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="Age after which inputs with no task row (and stray work files) are removed.",
+    )
     url_ttl_seconds: int = Field(86400, gt=0, description="Lifetime of a signed `video_url`.")
     max_body_bytes: int = Field(
         48 * 1024 * 1024, gt=0, description="Largest accepted request body (413 above it)."
@@ -252,8 +268,47 @@ class Settings(BaseSettings):
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from the environment, an optional TOML file and explicit overrides."""
+    """Settings from the environment, an optional TOML file and explicit overrides.
+
+    A relative ``data_dir`` written in the TOML file is relative to that file's directory, so
+    every command reading the file finds the same data dir wherever it is run from.
+    """
     if config_file is not None:
         os.environ["STILLMOTION_CONFIG"] = str(config_file)
     values = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**values)
+    settings = Settings(**values)
+    toml = _toml_file()
+    from_toml = (
+        toml is not None and data_dir_origin(values.get("data_dir")) == f"data_dir in {toml}"
+    )
+    if toml is not None and from_toml and not settings.data_dir.is_absolute():
+        settings.data_dir = toml.expanduser().parent / settings.data_dir
+    return settings
+
+
+DEFAULT_ORIGIN = "the default, relative to the current directory"
+
+
+def data_dir_origin(flag: object = None) -> str:
+    """Which setting chose the data dir (``flag``: the ``--data-dir`` value, if given)."""
+    if flag is not None:
+        return "--data-dir"
+    if any(name.upper() == "STILLMOTION_DATA_DIR" for name in os.environ):
+        return "STILLMOTION_DATA_DIR"
+    toml = _toml_file()
+    if toml is not None and "data_dir" in _toml_keys(toml):
+        return f"data_dir in {toml}"
+    return DEFAULT_ORIGIN
+
+
+def _toml_file() -> Path | None:
+    name = os.environ.get("STILLMOTION_CONFIG")
+    return Path(name) if name else None
+
+
+def _toml_keys(path: Path) -> set[str]:
+    try:
+        with path.expanduser().open("rb") as file:
+            return set(tomllib.load(file))
+    except (OSError, tomllib.TOMLDecodeError):
+        return set()  # Settings() reports an unreadable file itself

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -44,6 +44,18 @@ def can_transition(old: TaskStatus, new: TaskStatus) -> bool:
     return new in TRANSITIONS[old]
 
 
+def is_clean_text(value: str) -> bool:
+    """Whether ``value`` is text both databases store and compare alike: no NUL character and
+    no lone surrogate (PostgreSQL refuses both; SQLite would take them)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class MediaRef:
     """Where a request's media comes from: a remote URL, or bytes already kept in storage."""
@@ -78,7 +90,6 @@ class VideoRequest:
     seed: int
     prompt_extend: bool
     watermark: bool
-    raw: dict[str, Any] = field(default_factory=dict)  # the body as sent (media replaced)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,7 +105,6 @@ class VideoRequest:
             "seed": self.seed,
             "prompt_extend": self.prompt_extend,
             "watermark": self.watermark,
-            "raw": self.raw,
         }
 
     @classmethod
@@ -114,5 +124,4 @@ class VideoRequest:
             seed=int(data["seed"]),
             prompt_extend=bool(data["prompt_extend"]),
             watermark=bool(data["watermark"]),
-            raw=data.get("raw", {}),
         )

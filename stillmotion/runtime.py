@@ -22,6 +22,7 @@ from stillmotion.storage.signing import UrlSigner, load_or_create_secret
 from stillmotion.tasks.keys import KeyVerifier
 from stillmotion.tasks.service import TaskService
 from stillmotion.tasks.store import TaskStore
+from stillmotion.worker.housekeeping import HousekeepingConfig
 from stillmotion.worker.runner import RunnerConfig
 from stillmotion.worker.worker import Worker
 
@@ -219,4 +220,11 @@ def build_worker(
         config,
         concurrency=settings.workers,
         poll_interval=settings.poll_interval,
+        housekeeping=HousekeepingConfig(
+            work_base=config.work_root,
+            heartbeat_seconds=settings.worker_heartbeat_seconds,
+            reap_seconds=settings.lease_seconds / 2,
+            sweep_seconds=settings.sweep_interval_seconds,
+            orphan_grace_seconds=settings.orphan_grace_seconds,
+        ),
     )

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import wave
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from stillmotion.config import Settings
 from stillmotion.runtime import Runtime
 from stillmotion.tasks.store import TaskRow
 from stillmotion.testing.fake_dashscope import FakeDashScopeServer
+from stillmotion.testing.fake_dashscope_state import FakeTask
 
 KEY = "sk-relay-good-5f0c2e7a9b1d4c3e"
 KEY2 = "sk-relay-second-77aa1c0e4b2f9d31"
@@ -64,6 +66,43 @@ async def wait_row(runtime: Runtime, task_id: str, check: Any, timeout: float = 
             return row
         await asyncio.sleep(0.02)
     raise AssertionError(f"task {task_id}: condition not met in {timeout}s (row: {row})")
+
+
+def record_polls(fake: FakeDashScopeServer) -> set[str]:
+    """The upstream task ids the fake was asked about (polls, result downloads), as a set that
+    fills while the test runs."""
+    asked: set[str] = set()
+    get = fake.state.get
+
+    def recording_get(task_id: str) -> FakeTask | None:
+        asked.add(task_id)
+        return get(task_id)
+
+    fake.state.get = recording_get  # type: ignore[method-assign]
+    return asked
+
+
+def unfinished_upstream(fake: FakeDashScopeServer) -> list[str]:
+    """Ids of the upstream tasks that are PENDING or RUNNING now."""
+    now = fake.state.clock()
+    return [t.task_id for t in fake.state.listing() if t.status_at(now) in ("PENDING", "RUNNING")]
+
+
+def finish_upstream(fake: FakeDashScopeServer) -> None:
+    """End every upstream task now (SUCCEEDED unless scripted to fail): a hold released."""
+    with fake.state.lock:
+        for task in fake.state.tasks.values():
+            task.pending_seconds = task.running_seconds = 0.0
+
+
+async def wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``check()`` until it holds; bounded by ``timeout`` (generous: a busy machine)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"not met in {timeout} s: {what}")
+        await asyncio.sleep(0.02)
 
 
 def upstream_overlap(fake: FakeDashScopeServer) -> int:

@@ -34,6 +34,7 @@ class Server:
             "STILLMOTION_LOG_LEVEL": "warning",
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log: Path | None = None  # set: the server's stdout and stderr are appended here
 
     def cli(self, *args: str) -> str:
         out = subprocess.run(
@@ -46,9 +47,16 @@ class Server:
         return out.stdout.decode()
 
     def start(self) -> None:
+        out = open(self.log, "ab") if self.log is not None else None  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stillmotion", "serve"], env=self.env, start_new_session=True
+            [sys.executable, "-m", "stillmotion", "serve"],
+            env=self.env,
+            start_new_session=True,
+            stdout=out,
+            stderr=out,
         )
+        if out is not None:
+            out.close()  # the child holds its own copy
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

@@ -244,6 +244,31 @@ async def test_check_host_refuses_metadata_even_when_private_allowed(host: str) 
         await check_host(host, 80, PRIVATE)
 
 
+async def test_private_refusal_names_the_setting_that_allows_it() -> None:
+    with pytest.raises(errors.InvalidURL) as info:
+        await check_host("10.1.2.3", 80, FetchPolicy())
+    assert "STILLMOTION_ALLOW_PRIVATE_URLS=1" in info.value.message
+    relay = FetchPolicy(allow_setting="STILLMOTION_DASHSCOPE_ALLOW_PRIVATE")
+    with pytest.raises(errors.InvalidURL, match="STILLMOTION_DASHSCOPE_ALLOW_PRIVATE=1"):
+        await check_host("10.1.2.3", 80, relay)
+    with pytest.raises(errors.InvalidURL) as info:  # no setting allows metadata addresses
+        await check_host("169.254.169.254", 80, PRIVATE)
+    assert "ALLOW" not in info.value.message
+
+
+@pytest.mark.parametrize("host", ["localhost.", "LOCALHOST", "a.b.localhost"])
+async def test_localhost_names_refused_without_a_lookup(
+    monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    asked = fake_dns(monkeypatch, {})
+    with pytest.raises(errors.InvalidURL, match="STILLMOTION_ALLOW_PRIVATE_URLS"):
+        await check_host(host, 80, FetchPolicy())
+    assert asked == []
+    with pytest.raises(errors.InputDownloadFailed):  # allowed: resolved like any name
+        await check_host(host, 80, PRIVATE)
+    assert asked == [host]
+
+
 async def test_check_host_public_and_allowed_private_pass() -> None:
     assert await check_host("8.8.8.8", 443, FetchPolicy()) == ["8.8.8.8"]
     assert await check_host("2606:4700:4700::1111", 443, FetchPolicy()) == ["2606:4700:4700::1111"]
@@ -409,7 +434,7 @@ async def test_hanging_server_times_out(server: Server, tmp_path: Path, path: st
     started = time.monotonic()
     with pytest.raises(errors.InputDownloadFailed, match="timed out"):
         await fetch_to_file(f"{server.base}{path}", tmp_path / "a", policy)
-    assert 0.4 < time.monotonic() - started < 2.0
+    assert time.monotonic() - started > 0.4  # no upper bound: a busy machine only adds
     assert list(tmp_path.iterdir()) == []
 
 

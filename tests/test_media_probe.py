@@ -144,7 +144,7 @@ def test_probe_image_side_limits(size: tuple[int, int]) -> None:
         probe_image(image_bytes("PNG", size, "L"), max_bytes=20 * MB)
     assert info.value.code == "InvalidParameter"
     message = info.value.message
-    assert message.startswith("img_url") and f"{size[0]}x{size[1]}" in message
+    assert message.startswith("input.img_url ") and f"{size[0]}x{size[1]}" in message
     assert "240 to 8000 px" in message
 
 
@@ -158,7 +158,8 @@ def test_probe_image_too_many_bytes() -> None:
     data = image_bytes("BMP", (300, 300))
     with pytest.raises(errors.TooLarge) as info:
         probe_image(data, max_bytes=len(data) - 1)
-    assert info.value.code == "BadRequest.TooLarge" and "img_url" in info.value.message
+    assert info.value.code == "BadRequest.TooLarge"
+    assert info.value.message.startswith("input.img_url ")
     assert probe_image(data, max_bytes=len(data)).size == len(data)
 
 
@@ -177,6 +178,7 @@ def test_probe_image_unsupported(data: bytes) -> None:
     with pytest.raises(errors.UnsupportedFileFormat) as info:
         probe_image(data, max_bytes=20 * MB)
     assert info.value.code == "BadRequest.UnsupportedFileFormat" and info.value.status == 415
+    assert info.value.message.startswith("input.img_url ")
     assert "JPEG, PNG, BMP or WEBP" in info.value.message
 
 
@@ -193,9 +195,16 @@ def test_decompression_bomb_refused(side: int, tmp_path: Path) -> None:
     path = tmp_path / "bomb.png"
     path.write_bytes(bilevel_png(side, side))
     assert path.stat().st_size < 100 * 1024
-    for call in (lambda: probe_image(path, max_bytes=20 * MB), lambda: load_image_rgb(path)):
-        with pytest.raises(errors.InvalidParameter, match="too many pixels"):
+    for call in (
+        lambda: probe_image(path, max_bytes=20 * MB),
+        lambda: load_image_rgb(path),
+        lambda: load_image_rgb(path, fit=(1280, 720)),
+    ):
+        with pytest.raises(errors.InvalidParameter, match="too many pixels") as info:
             call()
+        assert info.value.status == 400 and info.value.code == "InvalidParameter"
+        assert info.value.message.startswith("input.img_url ")
+        assert f"{MAX_PIXELS:,}" in info.value.message
 
 
 # --------------------------------------------------------------------------- load_image_rgb
@@ -246,6 +255,102 @@ def test_load_palette_transparency_and_16_bit(tmp_path: Path) -> None:
     deep.save(tmp_path / "deep.png")
     grey = load_image_rgb(tmp_path / "deep.png").getpixel((5, 5))
     assert grey == (156, 156, 156)  # 40000 / 256, not clipped to 255
+
+
+def png_rgba16(pixels: np.ndarray) -> bytes:
+    """A 16-bit RGBA PNG (Pillow cannot write one) of ``pixels``, an ``H x W x 4`` uint16."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    h, w, _ = pixels.shape
+    rows = np.zeros((h, 1 + w * 8), np.uint8)  # filter byte 0, then big-endian samples
+    rows[:, 1:] = pixels.astype(">u2").view(np.uint8).reshape(h, w * 8)
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 6, 0, 0, 0)
+    idat = zlib.compress(rows.tobytes(), 6)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def quadrants(size: tuple[int, int]) -> Image.Image:
+    """Red, green / blue, white quadrants."""
+    w, h = size
+    img = Image.new("RGB", size, (255, 255, 255))
+    img.paste((255, 0, 0), (0, 0, w // 2, h // 2))
+    img.paste((0, 255, 0), (w // 2, 0, w, h // 2))
+    img.paste((0, 0, 255), (0, h // 2, w // 2, h))
+    return img
+
+
+def assert_quadrants(out: Image.Image, tol: int = 12) -> None:
+    w, h = out.size
+    for (fx, fy), want in {
+        (0.25, 0.25): (255, 0, 0),
+        (0.75, 0.25): (0, 255, 0),
+        (0.25, 0.75): (0, 0, 255),
+        (0.75, 0.75): (255, 255, 255),
+    }.items():
+        assert _near(out.getpixel((int(fx * w), int(fy * h))), want, tol), (fx, fy)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "WEBP", "JPEG"])
+def test_load_with_fit_decodes_only_what_the_output_needs(fmt: str, tmp_path: Path) -> None:
+    """A 4000x3000 image for an 800x600 box comes back covering the box, under twice its
+    sides, with its colours where they were (JPEG through ``draft``, the rest reduced)."""
+    path = tmp_path / f"big.{fmt.lower()}"
+    quadrants((4000, 3000)).save(path, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    out = load_image_rgb(path, fit=(800, 600))
+    assert out.mode == "RGB"
+    assert 800 <= out.width < 1600 and 600 <= out.height < 1200
+    assert_quadrants(out, tol=40 if fmt in ("JPEG", "WEBP") else 2)
+    assert load_image_rgb(path, fit=(4000, 3000)).size == (4000, 3000)  # never enlarged
+    assert load_image_rgb(path, fit=(6000, 5000)).size == (4000, 3000)
+
+
+def test_load_with_fit_bounds_a_maximal_png(tmp_path: Path) -> None:
+    """8000x8000 in a small file (what limits on sides and bytes let through): what is
+    handed on is bounded by the box, not by the image."""
+    path = tmp_path / "huge.png"
+    quadrants((8000, 8000)).save(path, compress_level=1)
+    assert path.stat().st_size < 2 * MB
+    out = load_image_rgb(path, fit=(1920, 1920))
+    assert (out.width, out.height) == (2000, 2000)  # reduced 4x: >= the box, < twice it
+    assert_quadrants(out, tol=0)
+
+
+def test_load_with_fit_swaps_the_box_for_exif_rotation(tmp_path: Path) -> None:
+    img = Image.new("RGB", (3000, 2000), BLUE)
+    img.paste(RED, (0, 0, 1500, 2000))
+    exif = img.getexif()
+    exif[0x0112] = 6  # shown 2000x3000, red on top
+    path = tmp_path / "rotated.jpg"
+    img.save(path, "JPEG", exif=exif, quality=95)
+    out = load_image_rgb(path, fit=(400, 600))
+    assert out.width < out.height and 400 <= out.width < 800 and 600 <= out.height < 1200
+    assert _near(out.getpixel((out.width // 2, out.height // 8)), RED)
+    assert _near(out.getpixel((out.width // 2, out.height * 7 // 8)), BLUE)
+
+
+def test_load_16_bit_rgba_and_palette_keep_their_colours(tmp_path: Path) -> None:
+    """16-bit samples scaled to 8 bits, alpha composited on black, reduced or not."""
+    pixels = np.empty((1200, 1600, 4), np.uint16)
+    pixels[:] = (0x3000, 0x8000, 0xC000, 0xFFFF)  # opaque (48, 128, 192)
+    pixels[:, 800:] = (0xF000, 0xD000, 0x2000, 0x8000)  # half-transparent (240, 208, 32)
+    path = tmp_path / "deep.png"
+    path.write_bytes(png_rgba16(pixels))
+    for fit in (None, (200, 150)):
+        out = load_image_rgb(path, fit=fit)
+        assert out.size == ((1600, 1200) if fit is None else (200, 150))
+        assert _near(out.getpixel((out.width // 4, 5)), (48, 128, 192), 2)
+        assert _near(out.getpixel((out.width * 3 // 4, 5)), (120, 104, 16), 2)
+
+    pal = Image.new("P", (1600, 1200), 1)
+    pal.putpalette([200, 30, 60, 250, 250, 250] + [0] * 762)
+    pal.paste(0, (0, 0, 800, 1200))
+    pal.save(tmp_path / "p.png", transparency=1)
+    out = load_image_rgb(tmp_path / "p.png", fit=(400, 300))
+    assert out.size == (400, 300)
+    assert out.getpixel((100, 10)) == (200, 30, 60) and out.getpixel((300, 10)) == (0, 0, 0)
 
 
 def test_load_truncated_jpeg(tmp_path: Path) -> None:
@@ -302,7 +407,7 @@ def test_probe_audio_duration_limits(make: object, words: str, tmp_path: Path) -
     with pytest.raises(errors.InvalidParameter) as info:
         probe_audio(make(tmp_path / "a"))
     assert info.value.code == "InvalidParameter"
-    assert info.value.message.startswith("audio_url") and words in info.value.message
+    assert info.value.message.startswith("input.audio_url ") and words in info.value.message
     assert "3 to 30 s" in info.value.message
 
 
@@ -316,6 +421,7 @@ def test_probe_audio_other_formats(fmt: str, codec: str, tmp_path: Path) -> None
     with pytest.raises(errors.UnsupportedFileFormat) as info:
         probe_audio(path)
     assert info.value.code == "BadRequest.UnsupportedFileFormat"
+    assert info.value.message.startswith("input.audio_url ")
     assert "wav (PCM) or mp3" in info.value.message
 
 
@@ -334,3 +440,4 @@ def test_probe_audio_too_large(tmp_path: Path) -> None:
     with pytest.raises(errors.TooLarge) as info:
         probe_audio(path)
     assert info.value.code == "BadRequest.TooLarge" and "15 MB" in info.value.message
+    assert info.value.message.startswith("input.audio_url ")

@@ -22,8 +22,21 @@ from stillmotion.catalog import MODELS
 from stillmotion.domain import MediaRef, VideoRequest
 from stillmotion.engines.base import CancelSignal, EngineJob, EngineResult
 from stillmotion.engines.motion import MotionEngine
-from stillmotion.engines.motion_plan import Move, detect_move, plan_motion
-from stillmotion.engines.motion_render import RenderArgs, has_glyphs, split_render, watermark_font
+from stillmotion.engines.motion_plan import (
+    MAX_UPSCALE,
+    Move,
+    detect_move,
+    find_focus_points,
+    plan_motion,
+)
+from stillmotion.engines.motion_render import (
+    RenderArgs,
+    _focus_points,
+    has_glyphs,
+    load_source,
+    split_render,
+    watermark_font,
+)
 from stillmotion.errors import EngineCanceled, PermanentEngineError, RetryableEngineError
 from stillmotion.media.audio import load_audio, synth_ambience
 from stillmotion.media.encode import VideoWriter, yuv420p_planes
@@ -431,7 +444,154 @@ async def test_unreadable_image_is_a_permanent_error(engine: MotionEngine, tmp_p
     assert caught.value.code == "BadRequest.UnsupportedFileFormat"
 
 
+def _rgba16_png(path: Path, pixels: np.ndarray) -> Path:
+    """Write ``pixels`` (``H x W x 4`` uint16) as a 16-bit RGBA PNG (Pillow cannot)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    h, w, _ = pixels.shape
+    rows = np.zeros((h, 1 + w * 8), np.uint8)
+    rows[:, 1:] = pixels.astype(">u2").view(np.uint8).reshape(h, w * 8)
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 6, 0, 0, 0))
+    idat = chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + ihdr + idat + chunk(b"IEND", b""))
+    return path
+
+
+def _palette_png(path: Path) -> Path:
+    pal = Image.new("P", (640, 360), 1)
+    pal.putpalette([200, 30, 60, 20, 90, 220] + [0] * 762)
+    pal.paste(0, (0, 0, 320, 360))
+    pal.save(path)
+    return path
+
+
+def _halves_mean(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean RGB of the middle of the left and of the right half of a frame."""
+    h, w, _ = frame.shape
+    mid = frame[h // 4 : 3 * h // 4]
+    return mid[:, w // 16 : 7 * w // 16].mean((0, 1)), mid[:, 9 * w // 16 : 15 * w // 16].mean(
+        (0, 1)
+    )
+
+
+async def test_16_bit_rgba_and_palette_images_render_their_colours(
+    engine: MotionEngine, tmp_path: Path
+) -> None:
+    """The first frame (the input itself) decoded from the MP4 has the input's colours:
+    16-bit samples scaled to 8 bits, half-transparent pixels composited on black."""
+    pixels = np.empty((360, 640, 4), np.uint16)
+    pixels[:] = (0x3000, 0x8000, 0xC000, 0xFFFF)  # (48, 128, 192), opaque
+    pixels[:, 320:] = (0xF000, 0xD000, 0x2000, 0x8000)  # (240, 208, 32) at half alpha
+    cases = {
+        _rgba16_png(tmp_path / "deep.png", pixels): ((48, 128, 192), (120, 104, 16)),
+        _palette_png(tmp_path / "pal.png"): ((200, 30, 60), (20, 90, 220)),
+    }
+    for path, (left, right) in cases.items():
+        job = make_job(tmp_path / path.stem, path, audio=False, watermark=False)
+        first = frames_of((await render(engine, job)).video_path)[0]
+        got_left, got_right = _halves_mean(first)
+        assert np.abs(got_left - left).max() < 6, (path.name, got_left)
+        assert np.abs(got_right - right).max() < 6, (path.name, got_right)
+
+
+def test_a_maximal_png_is_handed_to_rendering_reduced_and_decoded_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """8000x8000 in a small file, for a 960x960 video in two pieces: the first piece
+    decodes it to at most twice the output's sides times ``SOURCE_SCALE``, the second reads
+    that instead of decoding the image again."""
+    import stillmotion.engines.motion_render as motion_render
+
+    path = tmp_path / "huge.png"
+    img = Image.new("RGB", (8000, 8000), (40, 90, 150))
+    img.paste((230, 200, 60), (4000, 0, 8000, 8000))
+    img.save(path, compress_level=1)
+    args = RenderArgs(str(path), None, str(tmp_path), "", 1, "single", False, False,
+                      960, 960, 30, 150)  # fmt: skip
+    decodes: list[Path] = []
+    real = motion_render.load_image_rgb
+
+    def counting(p: Path, **kw: Any) -> Image.Image:
+        decodes.append(p)
+        return real(p, **kw)
+
+    monkeypatch.setattr(motion_render, "load_image_rgb", counting)
+    scale = motion_render.SOURCE_SCALE[0]
+    sizes = []
+    for piece in split_render(args, 2):
+        source = load_source(piece)
+        assert 960 * scale <= source.width < 2 * 960 * scale
+        assert source.size == (source.width, source.width)
+        assert source.getpixel((10, 10)) == (40, 90, 150)
+        assert source.getpixel((source.width - 10, 10)) == (230, 200, 60)
+        sizes.append(source.size)
+    assert len(decodes) == 1 and sizes[0] == sizes[1]
+
+
 # -- plan and audio units ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("src", [(1280, 720), (1920, 1080), (3840, 2160), (640, 360)])
+def test_multi_shot_crops_never_blow_the_source_up_past_the_cap(src: tuple[int, int]) -> None:
+    """No medium or close crop is narrower than the output / MAX_UPSCALE (or the whole
+    image, if that is narrower): the source does not run out of pixels."""
+    out = (1280, 720)
+    floor = min(src[0], out[0] / MAX_UPSCALE)
+    closest = []
+    for seed in range(30):
+        for prompt in ("", "pan left", "drift", "zoom out"):
+            plan = plan_motion(prompt, seed, "multi", src, out, 150, [(0.3, 0.4), (0.7, 0.6)])
+            later = plan.rects[plan.shots[1].start :]
+            assert min(r.w for r in later) >= floor - 1e-6
+            closest.append(min(r.w for r in later))
+    if src[0] >= 2 * out[0]:  # room to zoom: close-ups still happen
+        assert min(closest) < src[0] / 2
+
+
+def _object_image(size: tuple[int, int], centre: tuple[float, float]) -> Image.Image:
+    """A flat, lightly graded background with one bright, textured object."""
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    background = np.stack([70 + 20 * x / w, 90 + 10 * y / h, np.full_like(x, 110)], -1)
+    img = Image.fromarray(background.astype(np.uint8))
+    rng = np.random.default_rng(4)
+    side = h // 5
+    texture = rng.integers(120, 256, (side, side, 3), dtype=np.uint8)
+    img.paste(
+        Image.fromarray(texture), (int(centre[0] * w) - side // 2, int(centre[1] * h) - side // 2)
+    )
+    return img
+
+
+@pytest.mark.parametrize("centre", [(0.3, 0.6), (0.7, 0.35), (0.5, 0.5), (0.25, 0.3)])
+def test_multi_shot_framings_aim_at_the_salient_object(centre: tuple[float, float]) -> None:
+    """Spectral-residual saliency finds the one object on a flat background; every medium
+    and close shot is framed on it and keeps it in view."""
+    size = (1280, 720)
+    img = _object_image(size, centre)
+    half = (size[1] // 10) / size[0], (size[1] // 10) / size[1]  # the object's half sides
+    focus = _focus_points(img)
+    assert focus
+    for fx, fy in focus:
+        assert abs(fx - centre[0]) <= half[0] + 0.02 and abs(fy - centre[1]) <= half[1] + 0.02
+    ox, oy = centre[0] * size[0], centre[1] * size[1]
+    for seed in range(10):
+        plan = plan_motion("", seed, "multi", size, (640, 360), 150, focus)
+        for shot in plan.shots[1:]:
+            start = plan.rect(shot.start)
+            assert abs(start.cx - ox) < 0.1 * size[0] and abs(start.cy - oy) < 0.1 * size[1]
+            for r in plan.rects[shot.start : shot.end]:
+                x0, y0, x1, y1 = r.box
+                assert x0 < ox < x1 and y0 < oy < y1
+
+
+def test_focus_points_on_a_flat_image_are_none() -> None:
+    assert find_focus_points(np.full((36, 64), 128, np.uint8)) == []
 
 
 @pytest.mark.parametrize(

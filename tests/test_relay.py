@@ -28,9 +28,13 @@ from tests.relay_helpers import (
     KEY,
     KEY2,
     SECRETS,
+    finish_upstream,
+    record_polls,
     relay_settings,
     submit,
+    unfinished_upstream,
     upstream_overlap,
+    wait_for,
     wait_row,
     wav_data_uri,
 )
@@ -332,7 +336,7 @@ async def test_progress_while_upstream_runs(
 ) -> None:
     await runtime.start_worker()
     body = seed_body()
-    body["input"]["prompt"] = "a long one [fake:running=3]"
+    body["input"]["prompt"] = "a long one [fake:running=600]"  # still RUNNING when seen
     task_id = await submit(client, auth, body)
     seen: set[int] = set()
     for _ in range(200):
@@ -354,20 +358,33 @@ async def test_admission_keeps_the_in_flight_cap(
     client: httpx.AsyncClient, auth: dict[str, str], runtime: Runtime, fake: FakeDashScopeServer
 ) -> None:
     runtime.settings.dashscope_max_in_flight = 2
+    fake.state.config.running_seconds = 3600.0  # held upstream until this test releases them
+    polled = record_polls(fake)
     worker = await runtime.start_worker()
     assert worker.limit("dashscope") == 2
     ids = [await submit(client, auth, seed_body()) for _ in range(6)]
+    await wait_for(
+        lambda: len(upstream := unfinished_upstream(fake)) == 2 and polled >= set(upstream),
+        "two tasks in flight upstream, both polled",
+    )
+    await asyncio.sleep(0.3)  # time to send a third, were the cap not kept (no upper bound)
+    assert len(fake.state.submits) == 2
+    rows = [await runtime.store.get_task(t) for t in ids]
+    assert sorted(row.attempts for row in rows if row is not None) == [0, 0, 0, 0, 1, 1]
+    fake.state.config.running_seconds = 0.2
+    finish_upstream(fake)
     await _all_succeed(client, auth, ids)
-    assert upstream_overlap(fake) == 2
+    # A slot frees only once a poll saw the task end, so never three at once, however slow.
+    assert upstream_overlap(fake) <= 2
     assert len(fake.state.submits) == 6
 
 
 async def test_admission_keeps_the_submit_rate_without_spending_attempts(
     client: httpx.AsyncClient, auth: dict[str, str], runtime: Runtime, fake: FakeDashScopeServer
 ) -> None:
-    # Bursts of 2, then one every 0.5 s: slower than this worker claims even on a busy
-    # machine (~0.15 s a claim), so tasks must be handed back until their turn.
-    rate, burst, count = 2, 2, 6
+    # A burst of 1, then one every 2 s: over ten times slower than this worker claims on a
+    # busy machine (~0.15 s a claim), so tasks must be handed back until their turn.
+    rate, burst, count = 0.5, 1, 3
     runtime.settings.dashscope_submit_rate = rate
     # All of them wait in the queue before the worker starts, however fast this machine submits.
     ids = [await submit(client, auth, seed_body()) for _ in range(count)]
@@ -386,16 +403,20 @@ async def test_admission_keeps_the_submit_rate_without_spending_attempts(
 async def test_many_tasks_are_polled_concurrently(
     client: httpx.AsyncClient, auth: dict[str, str], runtime: Runtime, fake: FakeDashScopeServer
 ) -> None:
-    # Long enough upstream that claiming and submitting all twenty ends before the first
-    # finishes: overlap then shows concurrent polling. Claims are one transaction each and
-    # the fake shares this process, so on a busy 2-core machine the submits land up to
-    # 0.15 s apart (measured: all twenty within 2.8 s).
-    fake.state.config.running_seconds = 6.0
+    # Upstream tasks do not end until this test releases them, so a worker that followed one
+    # task at a time would never send the second: all twenty in flight upstream and each one
+    # polled proves concurrent polling by counts, whatever the machine's speed.
+    fake.state.config.running_seconds = 3600.0
+    polled = record_polls(fake)
     ids = [await submit(client, auth, seed_body()) for _ in range(20)]
     await runtime.start_worker()  # all twenty are queued: the worker must take them at once
-    results = await asyncio.gather(*(poll(client, t, auth, timeout=60) for t in ids))
-    assert all(r["output"]["task_status"] == "SUCCEEDED" for r in results)
-    assert upstream_overlap(fake) >= 15
+    await wait_for(
+        lambda: len(upstream := unfinished_upstream(fake)) == 20 and polled >= set(upstream),
+        "twenty tasks in flight upstream, each polled",
+    )
+    assert len(fake.state.submits) == 20
+    finish_upstream(fake)
+    await _all_succeed(client, auth, ids)
     assert len(fake.state.submits) == 20
 
 

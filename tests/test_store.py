@@ -247,11 +247,19 @@ async def test_concurrent_claimers_take_each_task_once(db_url: str, store: TaskS
     created = {(await new_task(store, f"key-{i % 3}")).id for i in range(20)}
     claimers = [await TaskStore.open(db_url) for _ in range(8)]
 
+    calls = [0]  # claim calls finished, by every claimer
+
     async def drain(claimer: TaskStore, worker: str) -> list[str]:
         got: list[str] = []
         while (row := await claimer.claim(worker, LEASE)) is not None:
+            calls[0] += 1
             got.append(row.id)
-            await asyncio.sleep(0)
+            seen = calls[0]
+            for _ in range(5000):  # let another claimer finish a call first (at most ~5 s)
+                if calls[0] > seen:
+                    break
+                await asyncio.sleep(0.001)
+        calls[0] += 1
         return got
 
     try:

@@ -10,12 +10,14 @@ from fastapi import FastAPI
 
 from stillmotion import __version__
 from stillmotion.api import (
+    openapi,
     routes_bailian,
     routes_dashscope,
     routes_files,
     routes_system,
     routes_web,
 )
+from stillmotion.api.access_log import AccessLogMiddleware
 from stillmotion.api.errors import BodyLimitMiddleware, install_error_handlers
 from stillmotion.api.responses import JSONResponse
 from stillmotion.config import Settings
@@ -24,8 +26,9 @@ from stillmotion.runtime import Runtime, open_runtime
 DESCRIPTION = """Bailian / DashScope first-frame image-to-video task API.
 
 Submit with `POST /task/bailian/image2video`, poll `GET /task/{task_id}`, download
-`output.video_url`. Authenticate with `Authorization: Bearer <key>`
-(`stillmotion keys create --name NAME`). Errors are `{request_id, code, message}`.
+`output.video_url`. The same service answers the DashScope-native paths under `/api/v1`.
+Authenticate with `Authorization: Bearer <key>` (`stillmotion keys create --name NAME`;
+in Swagger UI: **Authorize**). Every error is `{request_id, code, message}`.
 """
 
 
@@ -72,6 +75,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         description=DESCRIPTION,
         lifespan=lifespan,
         default_response_class=JSONResponse,
+        docs_url=None,  # served by openapi.install(), from packaged files instead of a CDN
+        redoc_url=None,
     )
     if runtime is not None:
         app.state.runtime = runtime
@@ -83,6 +88,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(routes_files.router)
     app.include_router(routes_system.router)
     app.include_router(routes_web.router)
+    openapi.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLogMiddleware)  # outermost of ours: it sees 413s too
 
     return app

@@ -4,44 +4,34 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 
 from stillmotion.api.deps import Caller, get_caller
 from stillmotion.api.errors import no_retry_on_error
+from stillmotion.api.openapi import SECURED, error_responses, submit_extra
 from stillmotion.api.responses import JSONResponse
-from stillmotion.api.schemas import ErrorResponse, SubmitBody, SubmitResponse, TaskResponse
+from stillmotion.api.schemas import CancelResponse, SubmitResponse, TaskResponse
 from stillmotion.errors import InvalidParameter
 
 router = APIRouter(tags=["bailian"])
 
 
-async def read_json(request: Request) -> Any:
-    raw = await request.body()
-    if not raw:
+async def read_json(request: Request, caller: Caller) -> Any:
+    """The body's JSON (400 ``InvalidParameter`` when it is empty, not JSON, or nested too
+    deep). The chunks are joined by ``service.parse``: a big body's join (a copy of up to
+    ``max_body_bytes``) and parse happen in a thread, not on the event loop."""
+    chunks = [chunk async for chunk in request.stream() if chunk]
+    if not chunks:
         raise InvalidParameter("The request body is empty; send a JSON object.")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidParameter(f"The request body is not valid JSON: {exc}") from None
+    return await caller.runtime.service.parse(chunks)
 
 
 @router.post(
     "/task/bailian/image2video",
     response_model=SubmitResponse,
     summary="Submit a first-frame image-to-video task",
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "application/json": {
-                    "schema": SubmitBody.model_json_schema(
-                        ref_template="#/components/schemas/{model}"
-                    )
-                }
-            },
-            "required": True,
-        }
-    },
+    responses=error_responses(400, 401, 413, 415, 500),
+    openapi_extra=submit_extra(),
 )
 async def submit(request: Request) -> Any:
     # The caller is resolved (and the no-retry mark set) in the body, not with Depends():
@@ -52,7 +42,7 @@ async def submit(request: Request) -> Any:
 
 async def submit_task(request: Request, caller: Caller) -> JSONResponse:
     """Both submit paths (reseller and DashScope-native) end here."""
-    body = await read_json(request)
+    body = await read_json(request, caller)
     row = await caller.runtime.service.submit(caller.key.id, body)
     output = {"task_id": row.id, "task_status": row.status.value}
     return JSONResponse({"request_id": caller.request_id, "output": output})
@@ -63,6 +53,8 @@ async def submit_task(request: Request, caller: Caller) -> JSONResponse:
     response_model=TaskResponse,
     response_model_exclude_none=True,
     summary="Query a task",
+    responses=error_responses(400, 401, 404, 500),
+    openapi_extra=SECURED,
 )
 async def query(task_id: str, request: Request) -> Any:
     return await query_task(task_id, await get_caller(request))
@@ -79,7 +71,11 @@ async def query_task(task_id: str, caller: Caller) -> JSONResponse:
 @router.post(
     "/task/{task_id}/cancel",
     summary="Cancel a PENDING task",
-    responses={400: {"model": ErrorResponse}},
+    response_model=CancelResponse,
+    responses=error_responses(
+        400, 401, 404, 413, 500, notes={400: "`UnsupportedOperation`: the task is not PENDING."}
+    ),
+    openapi_extra=SECURED,
 )
 async def cancel(task_id: str, request: Request) -> Any:
     return await cancel_task(task_id, await get_caller(request))

@@ -14,13 +14,15 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from stillmotion.api import routes_bailian
 from stillmotion.api.deps import Caller, CallerDep
 from stillmotion.api.errors import no_retry_on_error
+from stillmotion.api.openapi import SECURED, error_responses, submit_extra
 from stillmotion.api.responses import JSONResponse
-from stillmotion.api.schemas import ErrorResponse, SubmitBody, SubmitResponse, TaskResponse
+from stillmotion.api.schemas import CancelResponse, SubmitResponse, TaskResponse
+from stillmotion.domain import is_clean_text
 from stillmotion.errors import AccessDenied, InvalidParameter
 from stillmotion.tasks.store import TaskRow
 
@@ -34,20 +36,38 @@ NO_UPLOADS = (
 DEFAULT_WINDOW_SECONDS = 24 * 3600  # upstream lists the last 24 h unless told otherwise
 TIME_FORMAT = "%Y%m%d%H%M%S"
 
+#: The deepest page a list can ask for (``page_no`` up to this): pages past it would only
+#: make the database skip more rows.
+MAX_PAGE_NO = 100_000
+
 ListedStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED"]
 
 
-class TaskListQuery(BaseModel):
-    """``GET /api/v1/tasks`` filters (contract 2.4); unknown parameters are ignored."""
+def _clean(value: str | None) -> str | None:
+    if value is not None and not is_clean_text(value):
+        raise ValueError("must not contain NUL characters or invalid Unicode")
+    return value
 
-    task_id: str | None = None
-    start_time: str | None = Field(None, description="YYYYMMDDhhmmss in the server's time zone.")
-    end_time: str | None = Field(None, description="YYYYMMDDhhmmss, inclusive.")
-    model_name: str | None = None
+
+def _text(max_length: int, description: str | None = None) -> Any:
+    return Field(None, max_length=max_length, description=description)
+
+
+CleanText = Annotated[str | None, AfterValidator(_clean)]
+
+
+class TaskListQuery(BaseModel):
+    """``GET /api/v1/tasks`` filters (contract 2.4); unknown parameters are ignored. Text
+    with NUL characters or invalid Unicode, or longer than its bound, is a 400."""
+
+    task_id: CleanText = _text(64)
+    start_time: CleanText = _text(14, "YYYYMMDDhhmmss in the server's time zone.")
+    end_time: CleanText = _text(14, "YYYYMMDDhhmmss, inclusive.")
+    model_name: CleanText = _text(100)
     status: ListedStatus | None = None
-    api_key_id: str | None = Field(None, description="Only the caller's own key id matches.")
-    region: str | None = Field(None, description="Accepted and ignored.")
-    page_no: int = Field(1, ge=1)
+    api_key_id: CleanText = _text(64, "Only the caller's own key id matches.")
+    region: CleanText = _text(64, "Accepted and ignored.")
+    page_no: int = Field(1, ge=1, le=MAX_PAGE_NO)
     page_size: int = Field(10, ge=1, le=100)
 
 
@@ -70,25 +90,15 @@ class TaskListResponse(BaseModel):
     total_page: int
 
 
-_SUBMIT_BODY = {
-    "requestBody": {
-        "content": {
-            "application/json": {
-                "schema": SubmitBody.model_json_schema(ref_template="#/components/schemas/{model}")
-            }
-        },
-        "required": True,
-    }
-}
-
-
 @router.post(
     "/services/aigc/video-generation/video-synthesis",
     response_model=SubmitResponse,
     summary="Submit a first-frame image-to-video task (DashScope-native)",
     dependencies=[Depends(no_retry_on_error)],
-    responses={403: {"model": ErrorResponse}},
-    openapi_extra=_SUBMIT_BODY,
+    responses=error_responses(
+        400, 401, 403, 413, 415, 500, notes={403: "`AccessDenied`: no `X-DashScope-Async: enable`."}
+    ),
+    openapi_extra=submit_extra(),
 )
 async def submit(
     request: Request,
@@ -107,6 +117,8 @@ async def submit(
     response_model=TaskResponse,
     response_model_exclude_none=True,
     summary="Query a task (DashScope-native)",
+    responses=error_responses(400, 401, 404, 500),
+    openapi_extra=SECURED,
 )
 @router.get("/tasks/{task_id}/", include_in_schema=False)
 async def query(task_id: str, caller: CallerDep) -> Any:
@@ -116,7 +128,11 @@ async def query(task_id: str, caller: CallerDep) -> Any:
 @router.post(
     "/tasks/{task_id}/cancel",
     summary="Cancel a PENDING task (DashScope-native)",
-    responses={400: {"model": ErrorResponse}},
+    response_model=CancelResponse,
+    responses=error_responses(
+        400, 401, 404, 413, 500, notes={400: "`UnsupportedOperation`: the task is not PENDING."}
+    ),
+    openapi_extra=SECURED,
 )
 async def cancel(task_id: str, caller: CallerDep) -> Any:
     return await routes_bailian.cancel_task(task_id, caller)
@@ -128,7 +144,13 @@ async def uploads() -> Any:
     raise InvalidParameter(NO_UPLOADS)
 
 
-@router.get("/tasks", response_model=TaskListResponse, summary="List the caller's tasks")
+@router.get(
+    "/tasks",
+    response_model=TaskListResponse,
+    summary="List the caller's tasks",
+    responses=error_responses(400, 401, 500),
+    openapi_extra=SECURED,
+)
 @router.get("/tasks/", include_in_schema=False)
 async def list_tasks(q: Annotated[TaskListQuery, Query()], caller: CallerDep) -> Any:
     rows, total = await _page(caller, q)

@@ -8,12 +8,22 @@ from fastapi import APIRouter
 
 from stillmotion import __version__, catalog
 from stillmotion.api.deps import RuntimeDep
+from stillmotion.api.openapi import error_responses
 from stillmotion.api.responses import JSONResponse
+from stillmotion.api.schemas import HealthError, HealthResponse, ModelList
 
 router = APIRouter(tags=["system"])
 
 
-@router.get("/healthz", summary="Liveness and readiness")
+@router.get(
+    "/healthz",
+    summary="Liveness and readiness",
+    responses={
+        200: {"model": HealthResponse},
+        503: {"model": HealthError, "description": "The database does not answer."},
+        **error_responses(500),
+    },
+)
 async def healthz(runtime: RuntimeDep) -> Any:
     try:
         counts = await runtime.store.counts()
@@ -30,7 +40,11 @@ async def healthz(runtime: RuntimeDep) -> Any:
     }
 
 
-@router.get("/v1/models", summary="The model catalog")
+@router.get(
+    "/v1/models",
+    summary="The model catalog",
+    responses={200: {"model": ModelList}, **error_responses(500)},
+)
 async def models(runtime: RuntimeDep) -> Any:
     data = []
     for spec in catalog.MODELS.values():

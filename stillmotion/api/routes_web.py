@@ -9,7 +9,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
 from stillmotion.api.deps import KeyDep, RuntimeDep
+from stillmotion.api.openapi import SECURED, error_responses
 from stillmotion.api.render import TaskRenderer
+from stillmotion.api.schemas import TaskSummaryList
 from stillmotion.errors import NotFound
 from stillmotion.tasks.store import TaskRow
 
@@ -71,12 +73,19 @@ def task_summary(renderer: TaskRenderer, row: TaskRow) -> dict[str, Any]:
     return item
 
 
-@router.get("/v1/tasks", summary="The caller's tasks, newest first")
+@router.get(
+    "/v1/tasks",
+    summary="The caller's tasks, newest first",
+    responses={200: {"model": TaskSummaryList}, **error_responses(400, 401, 500)},
+    openapi_extra=SECURED,
+)
 async def list_tasks(
     runtime: RuntimeDep,
     key: KeyDep,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size (1-100).")] = 20,
-    offset: Annotated[int, Query(ge=0, description="Tasks to skip.")] = 0,
+    offset: Annotated[
+        int, Query(ge=0, le=10_000_000, description="Tasks to skip (0-10000000).")
+    ] = 0,
 ) -> Any:
     rows, total = await runtime.service.list(key.id, limit=limit, offset=offset)
     return {"data": [task_summary(runtime.renderer, row) for row in rows], "total": total}

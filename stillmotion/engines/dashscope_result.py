@@ -38,7 +38,11 @@ async def download_result(
     """Fetch the upstream ``video_url`` to ``dest``. A failure is retryable (the next attempt
     polls again and gets a fresh URL); its message never carries the URL."""
     policy = FetchPolicy(
-        allow_private=allow_private, timeout=timeout, max_redirects=5, max_bytes=MAX_VIDEO_BYTES
+        allow_private=allow_private,
+        timeout=timeout,
+        max_redirects=5,
+        max_bytes=MAX_VIDEO_BYTES,
+        allow_setting="STILLMOTION_DASHSCOPE_ALLOW_PRIVATE",
     )
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -9,13 +9,24 @@ All of that CPU work runs in a process pool (spawn), never on the event loop. A 
 at least two seconds is split into as many consecutive pieces as the pool has processes;
 the pieces render side by side and are then joined without re-encoding. The engine polls
 the children's progress files, and creates a ``cancel`` file to stop them.
+
+Every pool future is awaited to its end, or handed to :func:`_settle`: a render stopped by
+cancel, by an error in another piece or by the worker's shutdown is told to stop and
+waited for (up to ``CANCEL_GRACE_S``) before the engine returns, so the runner never
+removes a work directory under a render that still writes in it, and no future's error
+goes unretrieved. The render processes ignore SIGINT and SIGTERM: the engine stops them
+(cancel file, pool shutdown), and a Ctrl-C or a service manager's SIGTERM to the whole
+group no longer kills them mid-piece.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import multiprocessing
+import signal
+from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -74,7 +85,7 @@ class MotionEngine:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.processes,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=init_render_process,
+                initializer=_init_child,
             )
         return self._pool
 
@@ -139,63 +150,70 @@ class MotionEngine:
         """Render ``args`` in the pool (in pieces, then joined, when it splits); returns the
         outcome and the last progress reported."""
         pieces = split_render(args, self.processes)
+        futures: list[asyncio.Future[Any]] = []
         try:
             futures = self._submit([(render_video, (piece,)) for piece in pieces])
-            done = asyncio.gather(*futures)
             paths = [work / piece.progress_name for piece in pieces]
-            reported = await self._supervise(done, work, paths, progress, cancel)
-            outcomes = done.result()
+            reported = await self._supervise(futures, work, paths, progress, cancel)
+            outcomes = _results(futures)
             if len(pieces) == 1:
                 return outcomes[0], reported
             if any(o.canceled for o in outcomes):
                 return RenderOutcome(canceled=True, has_audio=False, frames=0), reported
-            (joined,) = self._submit([(join_video, (args, pieces))])
-            return await joined, reported
+            futures = self._submit([(join_video, (args, pieces))])
+            return await asyncio.shield(futures[0]), reported  # a cancel waits in _settle
         except asyncio.CancelledError:
-            (work / CANCEL_NAME).touch()
+            await _settle(futures, work)
             raise
         except BrokenProcessPool as exc:
             self._drop_pool()
             raise RetryableEngineError("the motion render process died; it can be retried") from exc
         except RenderFailed as exc:
-            (work / CANCEL_NAME).touch()  # stops the other pieces
+            await _settle(futures, work)  # stops the other pieces
             message = f"motion render failed: {exc.message}"
             raise PermanentEngineError(message, code=exc.code) from exc
         except EngineError:
             raise
         except Exception as exc:  # e.g. the job could not be handed to the pool
+            await _settle(futures, work)
             message = f"motion render failed: {type(exc).__name__}: {exc}"
             raise PermanentEngineError(message) from exc
 
     def _submit(self, calls: list[tuple[Any, tuple[Any, ...]]]) -> list[asyncio.Future[Any]]:
-        """Hand ``calls`` to the pool; a broken or shut-down pool is replaced once."""
+        """Hand ``calls`` to the pool; a broken or shut-down pool is replaced once. Each
+        future's error is marked retrieved when it ends, whoever still awaits it."""
         loop = asyncio.get_running_loop()
         try:
-            return [loop.run_in_executor(self._executor(), fn, *a) for fn, a in calls]
+            futures = [loop.run_in_executor(self._executor(), fn, *a) for fn, a in calls]
         except (BrokenProcessPool, RuntimeError):
             self._drop_pool()
-            return [loop.run_in_executor(self._executor(), fn, *a) for fn, a in calls]
+            futures = [loop.run_in_executor(self._executor(), fn, *a) for fn, a in calls]
+        for future in futures:
+            future.add_done_callback(_retrieve)
+        return futures
 
     async def _supervise(
         self,
-        future: asyncio.Future[Any],
+        futures: Sequence[asyncio.Future[Any]],
         work: Path,
         progress_paths: list[Path],
         progress: ProgressFn,
         cancel: CancelSignal,
     ) -> float:
-        """Relay progress (the pieces' mean) until ``future`` is done; on cancel, tell the
-        children and wait a bit. Returns the last fraction reported.
+        """Relay progress (the pieces' mean) until every piece is done or one failed; on
+        cancel, tell the children and wait a bit. Returns the last fraction reported.
         """
         last = 0.0
-        while not future.done():
+        while not all(f.done() for f in futures):
+            if any(f.done() and not f.cancelled() and f.exception() for f in futures):
+                return last  # the caller reads the error, and settles the others
             if cancel.is_set:
-                (work / CANCEL_NAME).touch()
-                done, _ = await asyncio.wait({future}, timeout=CANCEL_GRACE_S)
-                if not done:  # the children stop on their own at their next check
+                if not await _settle(futures, work):  # they stop at their next check
                     raise EngineCanceled("canceled while rendering")
                 return last
-            await asyncio.wait({future}, timeout=self.poll_interval)
+            await asyncio.wait(
+                futures, timeout=self.poll_interval, return_when=asyncio.FIRST_EXCEPTION
+            )
             value = sum(_read_progress(p) for p in progress_paths) / len(progress_paths)
             if value > last:
                 last = value
@@ -215,3 +233,35 @@ def _read_progress(path: Path) -> float:
         return min(1.0, max(0.0, float(path.read_text())))
     except (OSError, ValueError):
         return 0.0
+
+
+def _init_child() -> None:
+    """Pool initializer: the engine, not a signal to the process group, stops a render."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    init_render_process()
+
+
+def _results(futures: Sequence[asyncio.Future[Any]]) -> list[Any]:
+    """The pieces' outcomes; raises the error of a piece that failed (others may still run)."""
+    for future in futures:
+        if future.done() and not future.cancelled() and future.exception() is not None:
+            raise future.exception()  # type: ignore[misc]
+    return [future.result() for future in futures]
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # marks it retrieved: no "exception was never retrieved" later
+
+
+async def _settle(futures: Sequence[asyncio.Future[Any]], work: Path) -> bool:
+    """Tell the children to stop (the ``cancel`` file) and wait up to ``CANCEL_GRACE_S`` for
+    ``futures`` to end, whatever their outcome; whether they all ended."""
+    pending = [f for f in futures if not f.done()]
+    if not pending:
+        return True
+    with contextlib.suppress(OSError):
+        (work / CANCEL_NAME).touch()
+    _, still = await asyncio.wait(pending, timeout=CANCEL_GRACE_S)
+    return not still

@@ -9,7 +9,9 @@ Rectangles keep the aspect ratio of the first frame and stay inside the image, w
 exception: a pull-out in the first shot starts from the whole image (frame 0 is always the
 input), so it frames *more* than the image; the renderer fills that margin (see
 :attr:`MotionPlan.overflows`). ``shot_type="multi"`` cuts 2-3 times between a wide shot and
-medium or close crops on the image's most detailed regions, each shot with its own move.
+medium or close crops on the image's salient regions (:func:`find_focus_points`), each shot
+with its own move; those crops never show fewer than ``1 / MAX_UPSCALE`` of the output's
+width in source pixels, so a close-up is never blown up more than ``MAX_UPSCALE`` times.
 """
 
 from __future__ import annotations
@@ -68,6 +70,13 @@ _PATTERNS: tuple[tuple[Move, re.Pattern[str]], ...] = tuple(
 
 MIN_SHOT_FRAMES = 12
 _SHOT_ZOOM = {"medium": (1.45, 1.75), "close": (2.0, 2.5)}
+#: The most a multi-shot medium or close crop is enlarged: its width in source pixels is at
+#: least the output's width divided by this (or the whole image, when it is smaller).
+MAX_UPSCALE = 1.5
+#: Saliency is computed on a grey thumbnail this wide (Hou & Zhang's 64 px).
+SALIENCY_WIDTH = 64
+#: Focus points are saliency peaks at least this fraction of the highest one.
+PEAK_FLOOR = 0.5
 
 
 class Rect(NamedTuple):
@@ -168,6 +177,7 @@ def plan_motion(
     move = detect_move(prompt)
     shots = _shots(move, shot_type, num_frames, rng)
     points = list(focus) or [(1 / 3, 1 / 3), (2 / 3, 2 / 3), (2 / 3, 1 / 3), (1 / 3, 2 / 3)]
+    min_w = min(base.w, out_size[0] / MAX_UPSCALE)
     rects: list[Rect] = []
     previous: tuple[float, float] = (0.5, 0.5)
     for index, shot in enumerate(shots):
@@ -181,6 +191,8 @@ def plan_motion(
             )
         first = index == 0
         end, arc = _end_of_move(shot.move, start, base, rng, strength=1.0 if first else 0.6)
+        if shot.framing != "wide":
+            start, end = _capped(start, end, base, min_w)
         rects.extend(_interpolate(start, end, arc, base, shot.end - shot.start, clamp=not first))
     return MotionPlan(width, height, tuple(shots), tuple(rects))
 
@@ -234,6 +246,20 @@ def _fit(rect: Rect, bounds: Rect) -> Rect:
         rect.w,
         rect.h,
     )
+
+
+def _capped(start: Rect, end: Rect, bounds: Rect, min_w: float) -> tuple[Rect, Rect]:
+    """``start`` and ``end`` enlarged alike (about their centres) so that neither is narrower
+    than ``min_w``, never past ``bounds``' size, and moved back inside ``bounds``."""
+    f = min_w / min(start.w, end.w)
+    if f <= 1.0:
+        return start, end
+
+    def grow(r: Rect) -> Rect:
+        g = min(f, bounds.w / r.w, bounds.h / r.h)
+        return _fit(Rect(r.cx, r.cy, r.w * g, r.h * g), bounds)
+
+    return grow(start), grow(end)
 
 
 def _end_of_move(
@@ -302,24 +328,73 @@ def _interpolate(
 
 
 def find_focus_points(gray: np.ndarray, count: int = 4) -> list[tuple[float, float]]:
-    """Up to ``count`` detailed regions of a small grayscale image, as fractions of its size.
+    """Up to ``count`` salient regions of a small grayscale image, as fractions of its size.
 
-    Cells of a grid are scored by mean gradient magnitude; the best ones, kept apart, win.
-    Points stay within the central 60 % so that crops around them need little clamping.
+    The peaks of :func:`saliency_map` at least ``PEAK_FLOOR`` of the highest, most salient
+    first and kept apart; each point is the saliency-weighted centre of its peak's
+    neighbourhood, so it sits on the object rather than on one of its edges. Points stay
+    within the central 60 % so that crops around them need little clamping. A flat image
+    has none (the plan then uses thirds).
     """
-    g = np.asarray(gray, dtype=np.float32)
-    if g.ndim != 2 or min(g.shape) < 8:
+    g = np.asarray(gray, dtype=np.float64)
+    if g.ndim != 2 or min(g.shape) < 8 or g.std() < 1.0:
         return []
-    energy = np.abs(np.diff(g, axis=0))[:, :-1] + np.abs(np.diff(g, axis=1))[:-1, :]
-    rows, cols = 6, 8
-    h, w = energy.shape[0] // rows * rows, energy.shape[1] // cols * cols
-    cells = energy[:h, :w].reshape(rows, h // rows, cols, w // cols).mean(axis=(1, 3))
+    sal = saliency_map(g)
+    h, w = sal.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    radius2 = (0.15 * max(h, w)) ** 2
+    left, top = sal.copy(), float(sal.max())
     points: list[tuple[float, float]] = []
-    for flat in np.argsort(-cells, axis=None, kind="stable"):
-        r, c = divmod(int(flat), cols)
-        p = (min(0.8, max(0.2, (c + 0.5) / cols)), min(0.8, max(0.2, (r + 0.5) / rows)))
-        if all(math.dist(p, q) > 0.2 for q in points):
-            points.append(p)
-        if len(points) == count:
+    while len(points) < count:
+        r, c = divmod(int(np.argmax(left)), w)
+        if left[r, c] < PEAK_FLOOR * top:
             break
+        near = (yy - r) ** 2 + (xx - c) ** 2 <= radius2
+        weight = np.where(near, sal, 0.0)
+        cx, cy = (weight * xx).sum() / weight.sum(), (weight * yy).sum() / weight.sum()
+        left[near] = 0.0
+        p = (min(0.8, max(0.2, float(cx + 0.5) / w)), min(0.8, max(0.2, float(cy + 0.5) / h)))
+        if all(math.dist(p, q) > 0.1 for q in points):
+            points.append(p)
     return points
+
+
+def saliency_map(gray: np.ndarray) -> np.ndarray:
+    """Spectral-residual saliency (Hou & Zhang, CVPR 2007) of a small grey image, in [0, 1].
+
+    What is unexpected in an image stands out of the smooth trend of its log amplitude
+    spectrum; keeping only that residual (with the original phase) and transforming back
+    leaves the salient parts bright. Blurred, and its border damped, where the FFT's
+    wrap-around puts spurious edges.
+    """
+    spectrum = np.fft.fft2(np.asarray(gray, dtype=np.float64))
+    log_amp = np.log(np.abs(spectrum) + 1e-9)
+    mean3 = sum(np.roll(log_amp, (dy, dx), (0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    residual = log_amp - mean3 / 9.0
+    sal = np.abs(np.fft.ifft2(np.exp(residual + 1j * np.angle(spectrum)))) ** 2
+    sal = _gaussian_blur(sal, sigma=max(1.0, min(sal.shape) / 24))
+    sal *= np.outer(_edge_ramp(sal.shape[0]), _edge_ramp(sal.shape[1]))
+    peak = float(sal.max())
+    return sal / peak if peak > 0 else sal
+
+
+def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    radius = max(1, int(3 * sigma))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    kernel /= kernel.sum()
+    out = np.asarray(image, dtype=np.float64)
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="reflect")
+        windows = np.lib.stride_tricks.sliding_window_view(padded, len(kernel), axis=axis)
+        out = windows @ kernel
+    return out
+
+
+def _edge_ramp(n: int, part: float = 0.08) -> np.ndarray:
+    """1 inside, falling to 0 over the outer ``part`` of ``n`` samples at each end."""
+    edge = max(1.0, n * part)
+    i = np.arange(n, dtype=np.float64)
+    return np.clip(np.minimum(i + 0.5, n - i - 0.5) / edge, 0.0, 1.0)

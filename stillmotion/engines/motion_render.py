@@ -13,6 +13,8 @@ On 2 cores two single-threaded x264 encoders finish sooner than one with two fra
 from __future__ import annotations
 
 import ctypes
+import fcntl
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -23,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from stillmotion.engines.motion_frames import FrameSource
-from stillmotion.engines.motion_plan import find_focus_points, plan_motion
+from stillmotion.engines.motion_plan import SALIENCY_WIDTH, find_focus_points, plan_motion
 from stillmotion.errors import ServiceError
 from stillmotion.media.audio import load_audio, synth_ambience
 from stillmotion.media.encode import VideoWriter, join_segments, yuv420p_planes
@@ -33,6 +35,14 @@ VIDEO_NAME = "video.mp4"
 PROGRESS_NAME = "progress"
 CANCEL_NAME = "cancel"
 CHECK_EVERY = 10  # frames between progress reports and cancel checks
+#: The still is decoded at least this many times the output's size (single shot, multi-shot),
+#: per side, and below twice that: a bigger image is shrunk while it is decoded (see
+#: ``load_image_rgb``). Frames never need more: a single shot zooms in at most ~1.3x, and
+#: multi-shot crops go up to ~3x, where ``motion_plan.MAX_UPSCALE`` caps them anyway.
+SOURCE_SCALE = (2, 3)
+#: The still as decoded for this render (raw RGB, ``.npy``), shared by the pieces of a video;
+#: the key names the image file (path, size, mtime) and the box it was decoded for.
+SOURCE_NAME = "source-{key}.npy"
 #: The shortest piece a video is split into: below it an extra IDR frame and process start
 #: cost more than the parallel encode saves.
 MIN_PIECE_FRAMES = 30
@@ -190,7 +200,7 @@ def _render(args: RenderArgs) -> RenderOutcome:
     control = _Control(work, args.progress_name)
     control.check()
     size = (args.width, args.height)
-    image = load_image_rgb(Path(args.image_path))
+    image = load_source(args)
     focus = _focus_points(image) if args.shot_type == "multi" else []
     plan = plan_motion(
         args.prompt, args.seed, args.shot_type, image.size, size, args.num_frames, focus
@@ -218,9 +228,41 @@ def _render(args: RenderArgs) -> RenderOutcome:
     return RenderOutcome(canceled=False, has_audio=audio is not None, frames=count)
 
 
+def load_source(args: RenderArgs) -> Image.Image:
+    """The still, decoded only as large as the output needs, once per video.
+
+    The first piece to get here decodes it (the only time a big image is held at full
+    size) and leaves it in the work dir for the others, which wait for it instead of
+    decoding the same image at the same time.
+    """
+    scale = SOURCE_SCALE[args.shot_type == "multi"]
+    fit = (args.width * scale, args.height * scale)
+    try:
+        stat = os.stat(args.image_path)
+    except OSError:
+        stat = None
+    if args.whole or stat is None:  # one render, or nothing to share (the load says why)
+        return load_image_rgb(Path(args.image_path), fit=fit)
+    work = Path(args.work_dir)
+    key = f"{args.image_path}:{stat.st_size}:{stat.st_mtime_ns}:{fit}".encode()
+    shared = work / SOURCE_NAME.format(key=hashlib.sha256(key).hexdigest()[:16])
+    with open(work / (shared.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if shared.exists():
+            return Image.fromarray(np.load(shared))
+        image = load_image_rgb(Path(args.image_path), fit=fit)
+        tmp = shared.with_name(shared.name + ".tmp")
+        with open(tmp, "wb") as out:
+            np.save(out, np.asarray(image))
+        os.replace(tmp, shared)
+        return image
+
+
 def _focus_points(image: Image.Image) -> list[tuple[float, float]]:
-    """Where multi-shot close-ups go: the most detailed parts of a small grey copy."""
-    thumb = image.convert("L").reduce(max(1, min(image.size) // 96))
+    """Where multi-shot close-ups go: the salient parts of a small grey copy."""
+    scale = SALIENCY_WIDTH / max(image.size)
+    size = (max(8, round(image.width * scale)), max(8, round(image.height * scale)))
+    thumb = image.resize(size, Image.Resampling.BOX).convert("L")
     return find_focus_points(np.asarray(thumb))
 
 

@@ -57,6 +57,8 @@ class FetchPolicy:
     timeout: float = 30.0  # whole fetch, seconds: DNS, connects, redirects and body
     max_redirects: int = 5
     max_bytes: int = 20 * 1024 * 1024
+    #: the setting that allows private addresses, named when one is refused
+    allow_setting: str = "STILLMOTION_ALLOW_PRIVATE_URLS"
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,9 @@ def _is_public(ip: IPAddress) -> bool:
     )
 
 
+PRIVATE_REFUSAL = "a private, loopback, link-local or otherwise non-public address"
+
+
 def address_refusal(address: str, policy: FetchPolicy) -> str | None:
     """Why ``address`` may not be fetched from under ``policy``, or ``None`` when it may."""
     ip = _ip_literal(address)
@@ -183,7 +188,7 @@ def address_refusal(address: str, policy: FetchPolicy) -> str | None:
         return "a cloud metadata address"
     if policy.allow_private or all(_is_public(c) for c in candidates):
         return None
-    return "a private, loopback, link-local or otherwise non-public address"
+    return PRIVATE_REFUSAL
 
 
 async def _resolve(host: str, port: int) -> list[str]:
@@ -208,6 +213,10 @@ async def _check_host(host: str, port: int, policy: FetchPolicy, *, subject: str
     literal = _ip_literal(host.removeprefix("[").removesuffix("]"))
     if literal is not None:
         addresses = [str(literal)]
+    elif _is_localhost_name(host) and not policy.allow_private:
+        # RFC 6761: loopback by definition; refused without asking a resolver, which may
+        # not know "localhost." or "x.localhost" (a fetch error instead of this refusal).
+        raise errors.InvalidURL(f"{prefix}host {host} {_refusal_text(PRIVATE_REFUSAL, policy)}")
     else:
         try:
             addresses = await _resolve(host, port)
@@ -218,10 +227,22 @@ async def _check_host(host: str, port: int, policy: FetchPolicy, *, subject: str
     for address in addresses:
         reason = address_refusal(address, policy)
         if reason is not None:
-            raise errors.InvalidURL(
-                f"{prefix}host {host} resolves to {reason}; it may not be fetched"
-            )
+            raise errors.InvalidURL(f"{prefix}host {host} {_refusal_text(reason, policy)}")
     return addresses
+
+
+def _is_localhost_name(host: str) -> bool:
+    name = host.lower().removesuffix(".")
+    return name == "localhost" or name.endswith(".localhost")
+
+
+def _refusal_text(reason: str, policy: FetchPolicy) -> str:
+    """What follows the host name in a refusal; a private address names the setting that
+    allows it (the address itself is not told: a name's resolution stays server-side)."""
+    text = f"resolves to {reason}; it may not be fetched"
+    if reason == PRIVATE_REFUSAL:
+        text += f" (a server started with {policy.allow_setting}=1 may, for local development)"
+    return text
 
 
 # --------------------------------------------------------------------------- fetching

@@ -24,3 +24,11 @@ class Storage(Protocol):
     def verify(
         self, key: str, expires: int, signature: str, *, now: float | None = None
     ) -> bool: ...
+
+    async def list_files(self, prefix: str) -> list[tuple[str, float]]:
+        """``(key, last modified epoch seconds)`` of every stored file under ``prefix``."""
+        ...
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every file under ``prefix`` (``inputs/<task_id>/``); how many."""
+        ...

@@ -42,6 +42,12 @@ class LocalStorage:
     def verify(self, key: str, expires: int, signature: str, *, now: float | None = None) -> bool:
         return self.signer.verify(key, expires, signature, now=now)
 
+    async def list_files(self, prefix: str) -> list[tuple[str, float]]:
+        return await asyncio.to_thread(_list_files, self.root, self._path(prefix.rstrip("/")))
+
+    async def delete_prefix(self, prefix: str) -> int:
+        return await asyncio.to_thread(_delete_tree, self._path(prefix.rstrip("/")))
+
 
 def _move_into(src: Path, dest: Path) -> int:
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -57,3 +63,21 @@ def _write_atomic(dest: Path, data: bytes) -> int:
     tmp.write_bytes(data)
     os.replace(tmp, dest)
     return len(data)
+
+
+def _list_files(root: Path, top: Path) -> list[tuple[str, float]]:
+    found: list[tuple[str, float]] = []
+    for dirpath, _, names in os.walk(top):
+        for name in names:
+            path = Path(dirpath, name)
+            try:
+                found.append((path.relative_to(root).as_posix(), path.stat().st_mtime))
+            except OSError:  # removed meanwhile
+                continue
+    return found
+
+
+def _delete_tree(top: Path) -> int:
+    count = sum(len(names) for _, _, names in os.walk(top))
+    shutil.rmtree(top, ignore_errors=True)
+    return count

@@ -1,5 +1,8 @@
 """The tables, in SQLAlchemy Core. ``migrations/versions`` creates exactly these.
 
+``workers`` is the registry of live workers (``tasks/workers.py``): a row per running worker
+process, its heartbeat, and what tells whether its process is still there.
+
 Times are epoch seconds (UTC) stored as double-precision floats; JSON columns use
 ``sa.JSON`` (``json`` on PostgreSQL, text on SQLite).
 """
@@ -70,4 +73,18 @@ task_events = sa.Table(
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("detail", sa.JSON(none_as_null=True), nullable=True),
     sa.Index("ix_task_events_task_id", "task_id"),
+)
+
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("machine", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer(), nullable=False),
+    sa.Column("process_start", sa.Float(precision=53), nullable=True),
+    sa.Column("engines", sa.JSON(), nullable=False),
+    sa.Column("version", sa.String(50), nullable=False),
+    _time("started_at"),
+    _time("heartbeat_at"),
 )

@@ -2,18 +2,60 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import logging
 import os
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
-from stillmotion.domain import CANCELABLE, MediaRef, TaskStatus
+from stillmotion.domain import CANCELABLE, MediaRef, TaskStatus, is_clean_text
 from stillmotion.errors import UnsupportedOperation
 from stillmotion.storage.base import Storage
+from stillmotion.tasks.body import INLINE_BYTES, parse_body, parse_chunks
 from stillmotion.tasks.store import TaskRow, TaskStore
-from stillmotion.tasks.validation import Validated, validate_submit
+from stillmotion.tasks.validation import Validated, check_submit, decode_media
+
+log = logging.getLogger("stillmotion.tasks")
+T = TypeVar("T")
+
+#: Threads (in this process) that parse big bodies and decode/probe data URIs at once; more
+#: submits wait their turn. Half the cores, at most 4: the event loop keeps a core.
+MEDIA_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))
+#: The media threads' nice value (Linux: per thread): when the machine is busy, the event
+#: loop's thread gets the CPU first and a big submit never holds up the small requests.
+MEDIA_NICE = 10
+#: The interpreter's switch interval once media threads run (CPython's default: 5 ms). A
+#: thread in a Python-level loop (image and audio probing) keeps the GIL that long each time
+#: the event loop asks for it, and the loop asks after every wake-up.
+SWITCH_INTERVAL = 0.001
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _lower_priority() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not on Linux: a plain thread
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MEDIA_NICE)
+
+
+def media_pool() -> ThreadPoolExecutor:
+    """The process's media threads (``MEDIA_THREADS``, at ``MEDIA_NICE``)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+            _pool = ThreadPoolExecutor(
+                MEDIA_THREADS, thread_name_prefix="stillmotion-media", initializer=_lower_priority
+            )
+        return _pool
+
 
 CANCEL_REFUSED = "Failed to cancel the task, please confirm if the task is in PENDING status."
 
@@ -32,6 +74,7 @@ def new_task_id() -> str:
 
 
 def input_key(task_id: str, name: str) -> str:
+    """Where a task's decoded data: URIs live: everything under ``inputs/<task_id>/``."""
     return f"inputs/{task_id}/{name}"
 
 
@@ -65,24 +108,45 @@ class TaskService:
     def set_on_submit(self, callback: Callable[[TaskRow], None] | None) -> None:
         self._on_submit = callback
 
+    async def off_loop(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` in one of the media threads (``media_pool``)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(media_pool(), functools.partial(func, *args))
+
+    async def parse(self, chunks: list[bytes]) -> Any:
+        """A submit body's JSON from its chunks (see ``tasks/body.py``); a big body is joined
+        and parsed in a thread."""
+        if len(chunks) == 1 and len(chunks[0]) <= INLINE_BYTES:
+            return parse_body(chunks[0])
+        if sum(map(len, chunks)) <= INLINE_BYTES:
+            return parse_body(b"".join(chunks))
+        return await self.off_loop(parse_chunks, chunks)
+
     async def submit(self, key_id: str, body: Any) -> TaskRow:
-        validated = validate_submit(body)
+        validated = check_submit(body)
+        if validated.pending:
+            validated = await self.off_loop(decode_media, validated)
         task_id = new_task_id()
-        request = await self._keep_blobs(task_id, validated)
-        row = await self.store.create_task(
-            task_id=task_id,
-            key_id=key_id,
-            model=validated.spec.name,
-            engine=self.engine_for(validated.spec.name),
-            request=request,
-            max_attempts=self.max_attempts,
-        )
+        try:
+            request = await self._keep_blobs(task_id, validated)
+            row = await self.store.create_task(
+                task_id=task_id,
+                key_id=key_id,
+                model=validated.spec.name,
+                engine=self.engine_for(validated.spec.name),
+                request=request,
+                max_attempts=self.max_attempts,
+            )
+        except BaseException:
+            if validated.blobs:
+                await self._drop_inputs(task_id)
+            raise
         if self._on_submit is not None:
             self._on_submit(row)
         return row
 
     async def _keep_blobs(self, task_id: str, validated: Validated) -> dict[str, Any]:
-        """Store decoded data: URIs and point the request at them."""
+        """Store decoded data: URIs under ``inputs/<task_id>/`` and point the request at them."""
         request = validated.request
         if not validated.blobs:
             return request.to_json()
@@ -95,8 +159,16 @@ class TaskService:
             audio = MediaRef(storage_key=input_key(task_id, audio.storage_key), mime=audio.mime)
         return replace(request, image=image, audio_source=audio).to_json()
 
+    async def _drop_inputs(self, task_id: str) -> None:
+        """Best effort: remove what ``_keep_blobs`` wrote for a task that was not created."""
+        with contextlib.suppress(OSError):
+            await self.storage.delete_prefix(input_key(task_id, ""))
+            log.debug("removed the inputs of task %s, which was not created", task_id)
+
     async def get(self, key_id: str, task_id: str) -> TaskRow | None:
         """The task, or None when it does not exist or belongs to another key."""
+        if not is_clean_text(task_id):
+            return None  # no task has such an id; PostgreSQL would refuse the query
         row = await self.store.get_task(task_id)
         if row is None or row.key_id != key_id:
             return None
@@ -105,6 +177,8 @@ class TaskService:
     async def cancel(self, key_id: str, task_id: str) -> None:
         """Cancel a PENDING task. With ``cancel_running`` (an extension, off by default as
         upstream), a RUNNING task is asked to stop and ends CANCELED when its engine does."""
+        if not is_clean_text(task_id):
+            raise UnsupportedOperation(CANCEL_REFUSED)  # as for any unknown task
         row = await self.store.cancel_pending(task_id, key_id)
         if row is not None and row.status is TaskStatus.CANCELED:
             return

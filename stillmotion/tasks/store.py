@@ -18,14 +18,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from stillmotion.domain import TaskStatus
-from stillmotion.tasks import db
+from stillmotion.domain import TaskStatus, is_clean_text
+from stillmotion.tasks import db, listing
 from stillmotion.tasks.batch import InsertBatcher, SqliteBatchWriter
 from stillmotion.tasks.cache import RowCache
 from stillmotion.tasks.rows import ApiKeyRow, TaskRow
 from stillmotion.tasks.schema import api_keys, task_events, tasks
+from stillmotion.tasks.transitions import log_transition
+from stillmotion.tasks.workers import WORKER_LOST_CODE, WorkerRegistry
 
-__all__ = ["REAPED_CODE", "ApiKeyRow", "TaskRow", "TaskStore"]
+__all__ = ["REAPED_CODE", "WORKER_LOST_CODE", "ApiKeyRow", "TaskRow", "TaskStore"]
 
 PENDING = TaskStatus.PENDING.value
 RUNNING = TaskStatus.RUNNING.value
@@ -69,6 +71,7 @@ class TaskStore:
         self._inserts = InsertBatcher(write, sqlite=sqlite)
         self._cache = RowCache(cache_seconds)
         self._reads: dict[str, asyncio.Future[TaskRow | None]] = {}
+        self.workers = WorkerRegistry(read, write, clock, self._cache.drop)
 
     @classmethod
     async def open(
@@ -85,6 +88,10 @@ class TaskStore:
         await self._read.dispose()
         if self._write is not self._read:
             await self._write.dispose()
+
+    def now(self) -> float:
+        """The store's clock (the one every row's times come from)."""
+        return float(self._clock())
 
     async def upgrade(self) -> None:
         """``alembic upgrade head`` (safe to call from several processes at once)."""
@@ -160,6 +167,7 @@ class TaskStore:
         values["status"] = PENDING
         event = dict(task_id=task_id, at=now, kind="created", detail=None)
         await self._inserts.insert(values, event)
+        log_transition(task_id, "new", PENDING, engine, 0, max_attempts)
         # Not cached: a new task is rarely polled within the cache's TTL, and every cached
         # row is garbage the collector walks until it expires.
         return row
@@ -178,6 +186,8 @@ class TaskStore:
         return await asyncio.shield(read)
 
     async def _read_task(self, task_id: str) -> TaskRow | None:
+        if not is_clean_text(task_id):
+            return None  # no task has such an id; PostgreSQL would refuse the query
         async with self._read.connect() as conn:
             row = (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
         return self._cache.put(TaskRow.from_row(row._mapping)) if row else None
@@ -194,27 +204,11 @@ class TaskStore:
         end: float | None = None,
     ) -> tuple[list[TaskRow], int]:
         """One key's tasks, newest first, and how many match. ``start``/``end`` are inclusive
-        bounds on ``created_at``."""
-        where = [tasks.c.key_id == key_id]
-        if status is not None:
-            where.append(tasks.c.status == status)
-        if model is not None:
-            where.append(tasks.c.model == model)
-        if start is not None:
-            where.append(tasks.c.created_at >= start)
-        if end is not None:
-            where.append(tasks.c.created_at <= end)
-        page = (
-            sa.select(tasks)
-            .where(*where)
-            .order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
-            .limit(limit)
-            .offset(offset)
-        )
-        async with self._read.connect() as conn:  # one transaction: count and page agree
-            total = await conn.scalar(sa.select(sa.func.count()).select_from(tasks).where(*where))
-            rows = [TaskRow.from_row(r._mapping) for r in await conn.execute(page)]
-        return rows, int(total or 0)
+        bounds on ``created_at``. Rows carry only what lists show (``tasks/listing.py``)."""
+        return await listing.list_tasks(
+            self._read, key_id, limit=limit, offset=offset, status=status, model=model,
+            start=start, end=end,
+        )  # fmt: skip
 
     async def cancel_pending(self, task_id: str, key_id: str) -> TaskRow | None:
         now = self._clock()
@@ -229,7 +223,10 @@ class TaskStore:
             if row is None:
                 return None
             await _event(conn, task_id, now, "canceled")
-        return self._cache.put(TaskRow.from_row(row._mapping))
+        task = self._cache.put(TaskRow.from_row(row._mapping))
+        log_transition(task_id, PENDING, task.status.value, task.engine, task.attempts,
+                       task.max_attempts)  # fmt: skip
+        return task
 
     async def request_cancel(self, task_id: str, key_id: str) -> bool:
         stmt = (
@@ -244,9 +241,8 @@ class TaskStore:
 
     # -- tasks: worker side -----------------------------------------------------------------
 
-    def _claim_statement(
-        self, worker_id: str, lease_seconds: float, engines: Sequence[str] | None, now: float
-    ) -> sa.UpdateBase:
+    def _pick(self, engines: Sequence[str] | None, now: float) -> sa.Select[tuple[str, str]]:
+        """The next eligible task's id and status (PostgreSQL: locked, skipping locked rows)."""
         cand = tasks.alias("cand")
         busy = tasks.alias("busy")
         load = (  # live RUNNING tasks of the candidate's key: fewest goes first
@@ -267,23 +263,14 @@ class TaskStore:
                 cand.c.attempts < cand.c.max_attempts,
             ),
         )
-        pick = sa.select(cand.c.id).where(eligible)
+        pick = sa.select(cand.c.id, cand.c.status).where(eligible)
         if engines is not None:
             pick = pick.where(cand.c.engine.in_(list(engines)))
         pick = pick.order_by(load, cand.c.created_at, cand.c.id).limit(1)
         if self.dialect == "postgresql":
-            chosen = pick.with_for_update(skip_locked=True, of=cand).cte("next_task")
-            stmt = sa.update(tasks).where(tasks.c.id == chosen.c.id)
-        else:  # SQLite: the write transaction is BEGIN IMMEDIATE, so nobody else is writing
-            stmt = sa.update(tasks).where(tasks.c.id == pick.scalar_subquery())
-        return stmt.values(
-            status=RUNNING,
-            worker_id=worker_id,
-            attempts=tasks.c.attempts + 1,
-            lease_expires_at=now + lease_seconds,
-            scheduled_at=sa.func.coalesce(tasks.c.scheduled_at, now),
-            updated_at=now,
-        ).returning(tasks)
+            pick = pick.with_for_update(skip_locked=True, of=cand)
+        # SQLite: the write transaction is BEGIN IMMEDIATE, so nobody else is writing
+        return pick
 
     async def claim(
         self, worker_id: str, lease_seconds: float, engines: Sequence[str] | None = None
@@ -292,15 +279,30 @@ class TaskStore:
         if engines is not None and not engines:
             return None
         now = self._clock()
-        stmt = self._claim_statement(worker_id, lease_seconds, engines, now)
         async with self._write.begin() as conn:
-            row = (await conn.execute(stmt)).first()
-            if row is None:
+            picked = (await conn.execute(self._pick(engines, now))).first()
+            if picked is None:
                 return None
-            task = TaskRow.from_row(row._mapping)
+            stmt = (
+                sa.update(tasks)
+                .where(tasks.c.id == picked.id)
+                .values(
+                    status=RUNNING,
+                    worker_id=worker_id,
+                    attempts=tasks.c.attempts + 1,
+                    lease_expires_at=now + lease_seconds,
+                    scheduled_at=sa.func.coalesce(tasks.c.scheduled_at, now),
+                    updated_at=now,
+                )
+                .returning(tasks)
+            )
+            task = TaskRow.from_row((await conn.execute(stmt)).one()._mapping)
             await _event(
                 conn, task.id, now, "claimed", {"attempt": task.attempts, "worker": worker_id}
             )
+        note = "" if picked.status == PENDING else "lease expired"
+        log_transition(task.id, picked.status, RUNNING, task.engine, task.attempts,
+                       task.max_attempts, note)  # fmt: skip
         return self._cache.put(task)
 
     async def _fenced(
@@ -323,7 +325,12 @@ class TaskStore:
                 return None
             if event is not None:
                 await _event(conn, task_id, now, *event)
-        return self._cache.put(TaskRow.from_row(row._mapping))
+        task = self._cache.put(TaskRow.from_row(row._mapping))
+        if event is not None and task.status is not TaskStatus.RUNNING:
+            code = task.error_code or ""
+            log_transition(task_id, RUNNING, task.status.value, task.engine, task.attempts,
+                           task.max_attempts, code)  # fmt: skip
+        return task
 
     async def heartbeat(
         self, task_id: str, worker_id: str, lease_seconds: float, progress: float | None = None
@@ -376,10 +383,16 @@ class TaskStore:
                     sa.update(tasks)
                     .where(_fence(task_id, worker_id), condition)
                     .values(updated_at=now, **values)
+                    .returning(
+                        tasks.c.status, tasks.c.engine, tasks.c.attempts, tasks.c.max_attempts
+                    )  # fmt: skip
                 )
-                if (await conn.execute(stmt)).rowcount:
+                row = (await conn.execute(stmt)).first()
+                if row is not None:
                     await _event(conn, task_id, now, kind, detail)
                     self._cache.drop(task_id)
+                    log_transition(task_id, RUNNING, row.status, row.engine, row.attempts,
+                                   row.max_attempts, code)  # fmt: skip
                     return True
         return False
 
@@ -398,16 +411,20 @@ class TaskStore:
                 run_after=now + delay,
                 updated_at=now,
             )
-            .returning(tasks.c.id)
+            .returning(tasks.c.id, tasks.c.engine, tasks.c.attempts, tasks.c.max_attempts)
         )
         async with self._write.begin() as conn:
-            ids = list((await conn.execute(stmt)).scalars())
+            released = list(await conn.execute(stmt))
+            ids = [r.id for r in released]
             if ids:
                 detail = {"worker": worker_id, "delay": delay} if delay else {"worker": worker_id}
                 kind = "deferred" if delay else "released"
                 rows = [dict(task_id=i, at=now, kind=kind, detail=detail) for i in ids]
                 await conn.execute(sa.insert(task_events), rows)
         self._cache.drop(*ids)
+        for r in released:
+            note = f"deferred {delay:g} s" if delay else "released"
+            log_transition(r.id, RUNNING, PENDING, r.engine, r.attempts, r.max_attempts, note)
         return len(ids)
 
     async def reap_expired(self) -> int:
@@ -430,7 +447,7 @@ class TaskStore:
                 error_message=message,
                 updated_at=now,
             )
-            .returning(tasks.c.id, tasks.c.attempts)
+            .returning(tasks.c.id, tasks.c.attempts, tasks.c.engine, tasks.c.max_attempts)
         )
         async with self._write.begin() as conn:
             reaped = list(await conn.execute(stmt))
@@ -442,6 +459,9 @@ class TaskStore:
                 ]  # fmt: skip
                 await conn.execute(sa.insert(task_events), rows)
         self._cache.drop(*(r.id for r in reaped))
+        for r in reaped:
+            log_transition(r.id, RUNNING, TaskStatus.FAILED.value, r.engine, r.attempts,
+                           r.max_attempts, f"{REAPED_CODE}: lease expired")  # fmt: skip
         return len(reaped)
 
     # -- inspection -------------------------------------------------------------------------
@@ -454,6 +474,16 @@ class TaskStore:
         )
         async with self._read.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(query)]
+
+    async def existing_task_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` have a task row (the sweeper's orphan check), 500 per query."""
+        found: set[str] = set()
+        async with self._read.connect() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start : start + 500])
+                query = sa.select(tasks.c.id).where(tasks.c.id.in_(chunk))
+                found.update(await conn.scalars(query))
+        return found
 
     async def counts(self) -> dict[str, int]:
         """Tasks per status, every status present (zero when none)."""

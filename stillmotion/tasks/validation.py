@@ -1,24 +1,29 @@
 """Submit-body validation against the model catalog (contract section 3).
 
-Turns the raw JSON body of either submit path into a ``VideoRequest`` with every default
-filled in, plus the decoded bytes of any ``data:`` URIs, which the service keeps in storage.
+Turns the JSON body of either submit path into a ``VideoRequest`` with every default filled
+in (and nothing else: unknown keys are dropped, prompts truncated as upstream does), plus the
+decoded bytes of any ``data:`` URIs, which the service keeps in storage. ``check_submit`` does
+the cheap part; ``decode_media`` the CPU-bound decoding, which the service runs in a thread.
 Errors are ``InvalidParameter`` (400) naming the field and the allowed values.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from stillmotion import catalog
 from stillmotion.catalog import ModelSpec
-from stillmotion.domain import MediaRef, VideoRequest
+from stillmotion.domain import MediaRef, VideoRequest, is_clean_text
 from stillmotion.errors import EmptyInput, EmptyModel, InvalidParameter, TooLarge
 from stillmotion.media.fetch import check_url_syntax
-from stillmotion.media.probe import decode_data_uri, probe_audio, probe_image
+from stillmotion.media.probe import probe_audio, probe_image
+from stillmotion.tasks.body import SplicedUri, b64decode_gently
 
 AUDIO_MIMES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/mpeg", "audio/mp3")
 _EXT = {
@@ -29,6 +34,8 @@ _EXT = {
     "audio/mpeg": "mp3",
     "audio/mp3": "mp3",
 }
+_HEADER = re.compile(r"data:(?P<mime>[A-Za-z0-9.+-]+/[A-Za-z0-9.+-]+);base64,")
+_HEADER_MAX = 128
 
 
 @dataclass
@@ -45,9 +52,19 @@ class Validated:
     request: VideoRequest
     spec: ModelSpec
     blobs: list[Blob] = field(default_factory=list)
+    #: ``data:`` URIs still to decode and probe (``decode_media``), by request field:
+    #: ``image`` and ``audio_source``.
+    pending: dict[str, str] = field(default_factory=dict)
 
 
 def validate_submit(body: Any) -> Validated:
+    """The whole validation, data URIs decoded (synchronous: tests and tools)."""
+    return decode_media(check_submit(body))
+
+
+def check_submit(body: Any) -> Validated:
+    """Everything but decoding ``data:`` URIs, which stay in ``pending``: cheap enough for the
+    event loop. The request keeps only the fields the contract defines, normalised."""
     if not isinstance(body, dict):
         raise InvalidParameter("The request body must be a JSON object.")
     spec = _model(body.get("model"))
@@ -63,10 +80,10 @@ def validate_submit(body: Any) -> Validated:
         raise InvalidParameter("parameters must be a JSON object.")
     if inp.get("template") not in (None, ""):
         raise InvalidParameter(f"input.template is not supported by model {spec.name}.")
-    blobs: list[Blob] = []
-    image = _image(inp.get("img_url"), spec, blobs)
+    pending: dict[str, str] = {}
+    image = _image(inp.get("img_url"), spec, pending)
     audio = _audio_flag(params.get("audio"), spec)
-    audio_source = _audio_url(inp.get("audio_url"), blobs)
+    audio_source = _audio_url(inp.get("audio_url"), pending)
     request = VideoRequest(
         model=spec.name,
         prompt=_text(inp.get("prompt"), "input.prompt", spec.prompt_max),
@@ -82,9 +99,26 @@ def validate_submit(body: Any) -> Validated:
         seed=_seed(params.get("seed")),
         prompt_extend=_bool(params.get("prompt_extend"), "parameters.prompt_extend", True),
         watermark=_bool(params.get("watermark"), "parameters.watermark", False),
-        raw=_raw(body, inp, params),
     )
-    return Validated(request=request, spec=spec, blobs=blobs)
+    return Validated(request=request, spec=spec, pending=pending)
+
+
+def decode_media(validated: Validated) -> Validated:
+    """Decode and probe the pending ``data:`` URIs (CPU-bound: run it off the event loop).
+    A decoded audio track the request does not use is checked but not kept."""
+    request, blobs = validated.request, list(validated.blobs)
+    image_uri = validated.pending.get("image")
+    if image_uri is not None:
+        blob = _image_blob(image_uri, validated.spec)
+        blobs.append(blob)
+        request = replace(request, image=MediaRef(storage_key=blob.name, mime=blob.mime))
+    audio_uri = validated.pending.get("audio_source")
+    if audio_uri is not None:
+        blob = _audio_blob(audio_uri)
+        if request.audio_source is not None:
+            blobs.append(blob)
+            request = replace(request, audio_source=MediaRef(storage_key=blob.name, mime=blob.mime))
+    return Validated(request=request, spec=validated.spec, blobs=blobs)
 
 
 def _model(value: Any) -> ModelSpec:
@@ -93,53 +127,104 @@ def _model(value: Any) -> ModelSpec:
     spec = catalog.get_model(value) if isinstance(value, str) else None
     if spec is None:
         allowed = ", ".join(catalog.model_names())
-        raise InvalidParameter(f"model: {value!r} is not supported; allowed values: {allowed}.")
+        shown = value if not isinstance(value, str) else value[:100]
+        raise InvalidParameter(f"model: {shown!r} is not supported; allowed values: {allowed}.")
     return spec
 
 
 def _text(value: Any, name: str, limit: int) -> str:
     if value is None:
         return ""
+    if isinstance(value, SplicedUri):
+        value = value.text()
     if not isinstance(value, str):
         raise InvalidParameter(f"{name} must be a string.")
-    return value[:limit]  # upstream truncates silently
+    kept = value[:limit]  # upstream truncates silently
+    if not is_clean_text(kept):
+        raise InvalidParameter(f"{name} must not contain NUL characters or invalid Unicode.")
+    return kept
 
 
-def _image(value: Any, spec: ModelSpec, blobs: list[Blob]) -> MediaRef:
+def _image(value: Any, spec: ModelSpec, pending: dict[str, str]) -> MediaRef:
     hint = "an http(s) URL or a data:{mime};base64,{data} URI of a JPEG, PNG, BMP or WEBP image"
     if value is None or value == "":
         raise InvalidParameter(f"input.img_url is required: {hint}.")
     if not isinstance(value, str):
         raise InvalidParameter(f"input.img_url must be a string: {hint}.")
     if value.startswith("data:"):
-        mime, data = decode_data_uri(value, "input.img_url", catalog.IMAGE_MIMES)
-        if len(data) > spec.image_max_bytes:
+        if _decoded_size(value) > spec.image_max_bytes:
             raise TooLarge(f"input.img_url is larger than {spec.image_max_bytes // 2**20} MB.")
-        info = probe_image(data, max_bytes=spec.image_max_bytes)
-        name = f"image.{_EXT.get(info.mime, 'img')}"
-        blobs.append(Blob(name=name, data=data, mime=info.mime))
-        return MediaRef(storage_key=name, mime=info.mime)
+        pending["image"] = value
+        return MediaRef(storage_key="image")  # named and typed by decode_media
     if value.startswith("oss://"):
         raise InvalidParameter(f"input.img_url: oss:// URLs only work on DashScope; send {hint}.")
-    check_url_syntax(value, "input.img_url")
+    _check_url(value, "input.img_url")
     return MediaRef(url=value)
 
 
-def _audio_url(value: Any, blobs: list[Blob]) -> MediaRef | None:
+def _audio_url(value: Any, pending: dict[str, str]) -> MediaRef | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise InvalidParameter("input.audio_url must be a string: an http(s) URL of a wav or mp3.")
     if value.startswith("data:"):
-        mime, data = decode_data_uri(value, "input.audio_url", AUDIO_MIMES)
-        if len(data) > catalog.AUDIO_MAX_BYTES:
+        if _decoded_size(value) > catalog.AUDIO_MAX_BYTES:
             raise TooLarge("input.audio_url is larger than 15 MB.")
-        ext = _EXT.get(mime, "wav")
-        _probe_audio_bytes(data, ext)
-        blobs.append(Blob(name=f"audio.{ext}", data=data, mime=mime))
-        return MediaRef(storage_key=f"audio.{ext}", mime=mime)
-    check_url_syntax(value, "input.audio_url")
+        pending["audio_source"] = value
+        return MediaRef(storage_key="audio")  # named and typed by decode_media
+    _check_url(value, "input.audio_url")
     return MediaRef(url=value)
+
+
+def _check_url(value: str, what: str) -> None:
+    if not is_clean_text(value):
+        raise InvalidParameter(f"{what} must not contain NUL characters or invalid Unicode.")
+    check_url_syntax(value, what)
+
+
+def _decoded_size(uri: str) -> int:
+    """About how many bytes a data URI decodes to (from its length alone)."""
+    payload = len(uri.payload) if isinstance(uri, SplicedUri) else len(uri) - uri.find(",") - 1
+    return payload * 3 // 4 - 2
+
+
+def _decode(uri: str, what: str, allowed: Sequence[str]) -> tuple[str, bytes]:
+    """``data:{mime};base64,{data}`` to the (lower-cased) MIME type and the bytes."""
+    comma = uri.find(",", 0, _HEADER_MAX)
+    match = _HEADER.fullmatch(uri[: comma + 1]) if comma >= 0 else None
+    if match is None:
+        raise InvalidParameter(
+            f"{what} must be an http(s) URL or a data URI of the form "
+            f"data:{{MIME_type}};base64,{{data}} with MIME type {', '.join(allowed)}"
+        )
+    mime = match["mime"].lower()
+    if mime not in allowed:
+        raise InvalidParameter(
+            f"{what} has MIME type {mime!r}; the data URI MIME type must be one of "
+            + ", ".join(allowed)
+        )
+    payload: str | memoryview = uri.payload if isinstance(uri, SplicedUri) else uri
+    data = b64decode_gently(payload, what, 0 if isinstance(uri, SplicedUri) else comma + 1)
+    if not data:
+        raise InvalidParameter(f"{what} data URI is empty")
+    return mime, data
+
+
+def _image_blob(uri: str, spec: ModelSpec) -> Blob:
+    _, data = _decode(uri, "input.img_url", catalog.IMAGE_MIMES)
+    if len(data) > spec.image_max_bytes:
+        raise TooLarge(f"input.img_url is larger than {spec.image_max_bytes // 2**20} MB.")
+    info = probe_image(data, max_bytes=spec.image_max_bytes)
+    return Blob(name=f"image.{_EXT.get(info.mime, 'img')}", data=data, mime=info.mime)
+
+
+def _audio_blob(uri: str) -> Blob:
+    mime, data = _decode(uri, "input.audio_url", AUDIO_MIMES)
+    if len(data) > catalog.AUDIO_MAX_BYTES:
+        raise TooLarge("input.audio_url is larger than 15 MB.")
+    ext = _EXT.get(mime, "wav")
+    _probe_audio_bytes(data, ext)
+    return Blob(name=f"audio.{ext}", data=data, mime=mime)
 
 
 def _probe_audio_bytes(data: bytes, ext: str) -> None:
@@ -224,12 +309,3 @@ def _bool(value: Any, name: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise InvalidParameter(f"{name} must be true or false.")
     return value
-
-
-def _raw(body: dict[str, Any], inp: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """The body as sent, without the (possibly huge) data: URIs."""
-    kept_input = {
-        k: ("<data-uri>" if isinstance(v, str) and v.startswith("data:") else v)
-        for k, v in inp.items()
-    }
-    return {"model": body.get("model"), "input": kept_input, "parameters": dict(params)}

@@ -120,7 +120,7 @@ class TaskRunner:
         width = height = 0
         if engine.needs_media:
             image_path = await self._media(
-                request.image, work_dir / "input-image", "img_url", spec.image_max_bytes
+                request.image, work_dir / "input-image", "input.img_url", spec.image_max_bytes
             )
             info = await asyncio.to_thread(probe_image, image_path, max_bytes=spec.image_max_bytes)
             width, height = output_size(info.width, info.height, request.resolution)
@@ -128,7 +128,7 @@ class TaskRunner:
                 audio_path = await self._media(
                     request.audio_source,
                     work_dir / "input-audio",
-                    "audio_url",
+                    "input.audio_url",
                     catalog.AUDIO_MAX_BYTES,
                 )
                 await asyncio.to_thread(probe_audio, audio_path)

@@ -1,11 +1,15 @@
-"""Worker: a claim loop with a concurrency limit, lease renewal and graceful shutdown."""
+"""Worker: a claim loop with a concurrency limit, lease renewal and graceful shutdown, beside
+its housekeeping (registration, heartbeat, reclaim of dead workers' tasks, reaper, sweeper:
+``worker/housekeeping.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Mapping
@@ -14,7 +18,9 @@ from typing import Any
 from stillmotion.engines.base import Engine
 from stillmotion.storage.base import Storage
 from stillmotion.tasks.store import TaskStore
+from stillmotion.worker.housekeeping import Housekeeper, HousekeepingConfig
 from stillmotion.worker.runner import RunnerConfig, TaskRunner
+from stillmotion.worker.sweeper import worker_dir_name
 
 log = logging.getLogger("stillmotion.worker")
 
@@ -34,13 +40,24 @@ class Worker:
         concurrency: int = 2,
         poll_interval: float = 0.5,
         worker_id: str | None = None,
+        housekeeping: HousekeepingConfig | None = None,
     ):
+        """``config.work_root`` is the shared ``work/``; this worker works in its own
+        directory under it (removed by the sweeper once the worker is gone)."""
         self.store = store
         self.engines = dict(engines)
         self.concurrency = max(1, concurrency)
         self.poll_interval = poll_interval
         self.worker_id = worker_id or make_worker_id()
-        self.runner = TaskRunner(store, storage, self.engines, config)
+        own = config.work_root / worker_dir_name(self.worker_id)
+        self.runner = TaskRunner(
+            store, storage, self.engines, dataclasses.replace(config, work_root=own)
+        )
+        keeping = housekeeping or HousekeepingConfig(work_base=config.work_root)
+        self.housekeeper = Housekeeper(
+            store, storage, self.worker_id, sorted(self.engines), keeping
+        )
+        self._housekeeping: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._active: dict[asyncio.Task[None], tuple[str, str]] = {}  # task -> (claim, engine)
@@ -65,12 +82,9 @@ class Worker:
 
     async def run(self) -> None:
         log.info("worker %s started (engines: %s)", self.worker_id, ", ".join(self.engines))
-        last_reap = 0.0
-        loop = asyncio.get_running_loop()
+        await self._guard(self.housekeeper.start())
+        self._housekeeping = asyncio.create_task(self.housekeeper.loop(), name="housekeeping")
         while not self._stop.is_set():
-            if loop.time() - last_reap > self.runner.config.lease_seconds / 2:
-                last_reap = loop.time()
-                await self._guard(self.store.reap_expired())
             free = self._free_engines()
             claimed = bool(free) and await self._claim_one(free)
             if not claimed:
@@ -140,3 +154,12 @@ class Worker:
             log.info("worker %s handed %d task(s) back to the queue", self.worker_id, released)
         for engine in self.engines.values():
             await engine.aclose()
+        await self._stop_housekeeping()
+
+    async def _stop_housekeeping(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        await self.housekeeper.stop()
+        await asyncio.to_thread(shutil.rmtree, self.runner.config.work_root, True)
