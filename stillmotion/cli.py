@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,6 +44,14 @@ _PLAIN: dict[str, Any] = {"markup": False, "highlight": False, "soft_wrap": True
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory.")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
+PortFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--port-file",
+        envvar="STILLMOTION_PORT_FILE",
+        help="Write the bound port here (atomically) once it accepts connections.",
+    ),
+]
 
 
 def _settings(config: Path | None = None, **overrides: object) -> Settings:
@@ -63,10 +73,11 @@ def _run(coro: object) -> object:
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (0: any free port).")] = None,
     data_dir: DataDir = None,
     workers: Annotated[int | None, typer.Option(help="Tasks rendered at once (0: none).")] = None,
     config: ConfigFile = None,
+    port_file: PortFile = None,
 ) -> None:
     """Run the HTTP API and (unless workers=0) the worker, on the embedded defaults."""
     import uvicorn
@@ -82,6 +93,8 @@ def serve(
             "STILLMOTION_ALLOW_PRIVATE_URLS is on: img_url and audio_url may reach loopback, "
             "private and link-local addresses (local development only)"
         )
+    sock = _bind(settings.host, settings.port)  # port 0: the kernel picks a free one
+    settings = settings.model_copy(update={"port": int(sock.getsockname()[1])})  # video_urls
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings),
@@ -93,18 +106,49 @@ def serve(
             http=LimitedHttpToolsProtocol,  # a head over 64 KB or 100 headers: 431
         )
     )
-    _run_server(server, _banner(settings))
+    _run_server(server, sock, _banner(settings), port_file)
 
 
-def _run_server(server: uvicorn.Server, banner: str) -> None:
-    """What uvicorn.run does with a server, plus the banner once the port is bound."""
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that the bound port (``port`` 0: any free one) is
+    known before the app is made; status 3 when it cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        err.print(f"error: cannot listen on {host}:{port}: {exc}", **_PLAIN)
+        raise typer.Exit(3) from None
+    return sock
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    """``port`` and a newline in ``path``, atomically: a reader sees the whole file or none."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(f"{port}\n")
+        os.replace(tmp, path)
+    except OSError as exc:  # serving goes on; whoever waits for the file reads this
+        log.error("cannot write the port file %s: %s", path, exc)
+
+
+def _run_server(
+    server: uvicorn.Server, sock: socket.socket, banner: str, port_file: Path | None
+) -> None:
+    """What uvicorn.run does with a server, plus the banner (and the port file) once the
+    port accepts connections."""
+    report = (port_file, int(sock.getsockname()[1])) if port_file is not None else None
     try:
         with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
-            runner.run(_serve(server, banner))
+            runner.run(_serve(server, sock, banner, report))
     except KeyboardInterrupt:  # as uvicorn.run: uvicorn re-raises a SIGINT once it has stopped
         pass
+    finally:
+        sock.close()
     if not server.started:
-        raise typer.Exit(3)  # as uvicorn.run: the port could not be bound, or start-up failed
+        raise typer.Exit(3)  # as uvicorn.run: start-up failed
 
 
 def _setup_logging(settings: Settings) -> None:
@@ -116,18 +160,28 @@ def _setup_logging(settings: Settings) -> None:
             logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
-async def _serve(server: uvicorn.Server, banner: str) -> None:
-    """Serve; once the port is bound, write the start-up banner (one line on stderr)."""
-    announce = asyncio.create_task(_announce(server, banner))
+async def _serve(
+    server: uvicorn.Server,
+    sock: socket.socket,
+    banner: str,
+    port_file: tuple[Path, int] | None,
+) -> None:
+    """Serve on ``sock``; once it accepts connections, write the port file and the start-up
+    banner (one line on stderr)."""
+    announce = asyncio.create_task(_announce(server, banner, port_file))
     try:
-        await server.serve()
+        await server.serve(sockets=[sock])
     finally:
         announce.cancel()
 
 
-async def _announce(server: uvicorn.Server, banner: str) -> None:
+async def _announce(
+    server: uvicorn.Server, banner: str, port_file: tuple[Path, int] | None
+) -> None:
     while not server.started:
         await asyncio.sleep(0.05)
+    if port_file is not None:
+        _write_port_file(*port_file)
     sys.stderr.write(banner + "\n")
     sys.stderr.flush()
 
@@ -307,20 +361,26 @@ def db_upgrade(data_dir: DataDir = None, config: ConfigFile = None) -> None:
 @app.command("fake-dashscope")
 def fake_dashscope(
     host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Listen port.")] = 8001,
+    port: Annotated[int, typer.Option(help="Listen port (0: any free port).")] = 8001,
     key: Annotated[
         list[str] | None, typer.Option(help="An accepted API key (repeatable; default sk-fake).")
     ] = None,
     pending: Annotated[float, typer.Option(help="Seconds a task stays PENDING.")] = 2.0,
     running: Annotated[float, typer.Option(help="Seconds a task stays RUNNING.")] = 5.0,
+    port_file: PortFile = None,
 ) -> None:
     """Run a fake DashScope upstream to develop against (docs/fake-dashscope.md)."""
     from stillmotion.testing.fake_dashscope import FakeConfig, serve
 
     keys = {k: "ok" for k in key or ["sk-fake"]}
     config = FakeConfig(keys=keys, pending_seconds=pending, running_seconds=running)
-    err.print(f"fake DashScope on http://{host}:{port}/api/v1 (keys: {len(keys)})")
-    serve(host, port, config)
+
+    def ready(bound: int) -> None:  # once the port accepts connections
+        if port_file is not None:
+            _write_port_file(port_file, bound)
+        err.print(f"fake DashScope on http://{host}:{bound}/api/v1 (keys: {len(keys)})", **_PLAIN)
+
+    serve(_bind(host, port), config, ready=ready)
 
 
 def main() -> None:

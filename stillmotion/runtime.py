@@ -83,9 +83,13 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     store = await TaskStore.open(settings.db_url, cache_seconds=settings.task_cache_seconds)
-    if migrate:
-        await store.upgrade()
-    secret = load_or_create_secret(data_dir / "signing.key")
+    try:
+        if migrate:
+            await store.upgrade()
+        secret = load_or_create_secret(data_dir / "signing.key")
+    except BaseException:
+        await store.close()  # its engines' pools and the batch writer's connection
+        raise
     signer = UrlSigner(secret, settings.base_url, settings.url_ttl_seconds)
     storage = LocalStorage(data_dir / "files", signer)
     service = TaskService(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import _free_port
+from tests.servers import wait_for_port
 
 KEY = re.compile(r"sm-[A-Za-z0-9_-]{20,}")
 
@@ -110,12 +110,13 @@ class Serve:
     """`stillmotion serve` with its stderr in a file; stopped with SIGTERM by :meth:`stop`."""
 
     def __init__(self, root: Path, **env: str) -> None:
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = ""  # once up: the port serve bound (port 0) and wrote to its port file
+        self.port_file = root / "serve.port"
         self.log = root / "serve.log"
         settings = {
             "STILLMOTION_DATA_DIR": str(root / "data"),
-            "STILLMOTION_PORT": str(self.port),
+            "STILLMOTION_PORT": "0",
+            "STILLMOTION_PORT_FILE": str(self.port_file),
             "STILLMOTION_WORKERS": "0",
             "STILLMOTION_LOG_LEVEL": "info",
             **env,
@@ -133,6 +134,8 @@ class Serve:
             )
 
     def wait_up(self) -> None:
+        port = wait_for_port(self.proc, self.port_file, self.log.read_text)
+        self.base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import av
 import pytest
+import requests
 
 from stillmotion.media.geometry import output_size
 from stillmotion.testing.images import image_bytes
@@ -22,6 +26,12 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module", name="served")
 def served_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
     yield from served(tmp_path_factory.mktemp("cli"), "cli")
+
+
+@pytest.fixture(scope="module", name="idle")
+def idle_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
+    """A server without a worker: its tasks stay PENDING for as long as a test needs."""
+    yield from served(tmp_path_factory.mktemp("idle"), "idle", workers=0)
 
 
 @pytest.fixture
@@ -124,3 +134,63 @@ def test_unreadable_image_fails_before_sending(served: tuple[Server, str], tmp_p
     done = generate(served, str(tmp_path / "nope.png"), "-p", "x")
     assert done.returncode == 1
     assert "cannot read" in _one_error_line(done.stderr)
+
+
+def _status(served: tuple[Server, str], task_id: str) -> str:
+    srv, key = served
+    answer = requests.get(
+        f"{srv.base}/task/{task_id}", headers={"Authorization": f"Bearer {key}"}, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["output"]["task_status"])
+
+
+def test_timeout_exits_4_and_the_task_goes_on(
+    idle: tuple[Server, str], frame: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.mp4"
+    done = generate(idle, str(frame), "-p", "x", "--timeout", "1.5", "-o", str(out))
+    assert done.returncode == 4, done.stderr
+    line = _one_error_line(done.stderr)
+    found = re.fullmatch(
+        r"error: task (\S+) still PENDING after 1\.5 s \(it goes on on the server\)", line
+    )
+    assert found is not None, line
+    assert done.stdout == "" and not out.exists()
+    assert _status(idle, found.group(1)) == "PENDING"  # not canceled: it goes on
+
+
+def test_ctrl_c_while_waiting_exits_130_and_the_task_goes_on(
+    idle: tuple[Server, str], frame: Path, tmp_path: Path
+) -> None:
+    srv, key = idle
+    out = tmp_path / "out.mp4"
+    env = {**os.environ, "STILLMOTION_URL": srv.base, "STILLMOTION_API_KEY": key}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stillmotion", "generate", str(frame), "-p", "x", "-o", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        # without a terminal it prints one line per status: the first once the task exists
+        first = proc.stderr.readline()
+        found = re.match(r"task (\S+): PENDING ", first)
+        assert found is not None, first + proc.stderr.read()
+        time.sleep(1.0)  # at least this long: it is polling now (the task stays PENDING)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    task_id = found.group(1)
+    assert stderr.rstrip("\n").splitlines()[-1] == (
+        f"interrupted; task {task_id} goes on on the server"
+    )
+    assert stdout == "" and not out.exists()
+    assert _status(idle, task_id) == "PENDING"  # not canceled: it goes on

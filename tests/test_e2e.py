@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def test_serve_base64_and_loopback_url(server: Server) -> None:
 
 def _events(server: Server, task_id: str) -> list[tuple[str, dict[str, Any]]]:
     db = Path(server.env["STILLMOTION_DATA_DIR"]) / "stillmotion.db"
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:  # `with conn` alone commits, never closes
         rows = conn.execute(
             "SELECT kind, detail FROM task_events WHERE task_id = ? ORDER BY id", (task_id,)
         ).fetchall()
@@ -160,7 +161,7 @@ def test_sigterm_hands_the_running_task_back_at_once(server: Server) -> None:
     assert body["output"]["task_status"] == "SUCCEEDED", body
     _check_video(body["output"]["video_url"], (1920, 1072), 450)
     db = Path(server.env["STILLMOTION_DATA_DIR"]) / "stillmotion.db"
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:  # `with conn` alone commits, never closes
         kinds = [
             k
             for (k,) in conn.execute(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import av
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from stillmotion.testing.fake_dashscope import FakeConfig, FakeDashScopeServer, Fault
+from tests.servers import wait_for_port
 
 KEY = "sk-fake-test"
 SUBMIT = "/services/aigc/video-generation/video-synthesis"
@@ -238,17 +240,19 @@ def test_control_keys_and_reset(http: httpx.Client, fake: FakeDashScopeServer) -
     assert create(http)
 
 
-def test_cli_command_serves_the_fake() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def test_cli_command_serves_the_fake(tmp_path: Path) -> None:
+    """`stillmotion fake-dashscope --port 0` binds a free port itself, writes it to the port
+    file once it accepts connections, and names it on stderr."""
+    port_file, log = tmp_path / "fake.port", tmp_path / "fake.log"
     cmd = [
         sys.executable,
         "-m",
         "stillmotion",
         "fake-dashscope",
         "--port",
-        str(port),
+        "0",
+        "--port-file",
+        str(port_file),
         "--key",
         "sk-cli",
         "--pending",
@@ -256,23 +260,45 @@ def test_cli_command_serves_the_fake() -> None:
         "--running",
         "0",
     ]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, "NO_COLOR": "1"})
+    with log.open("wb") as out:  # the child holds its own copy
+        proc = subprocess.Popen(cmd, stderr=out, env={**os.environ, "NO_COLOR": "1"})
     try:
+        port = wait_for_port(proc, port_file, log.read_text, "fake-dashscope")
         base = f"http://127.0.0.1:{port}/api/v1"
-        for _ in range(200):
-            try:
-                resp = httpx.post(
-                    base + SUBMIT,
-                    json=body(),
-                    headers={"Authorization": "Bearer sk-cli", "X-DashScope-Async": "enable"},
-                )
-                break
-            except httpx.ConnectError:
-                time.sleep(0.05)
-        assert resp.status_code == 200
+        resp = httpx.post(  # accepting connections already: no retry
+            base + SUBMIT,
+            json=body(),
+            headers={"Authorization": "Bearer sk-cli", "X-DashScope-Async": "enable"},
+        )
+        assert resp.status_code == 200, resp.text
         task_id = resp.json()["output"]["task_id"]
         out = httpx.get(f"{base}/tasks/{task_id}", headers={"Authorization": "Bearer sk-cli"})
         assert out.json()["output"]["task_status"] == "SUCCEEDED"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+    assert log.read_text().splitlines()[0] == f"fake DashScope on {base} (keys: 1)"
+
+
+def test_cli_command_on_a_taken_port_exits_3_and_says_why(tmp_path: Path) -> None:
+    port_file, log = tmp_path / "fake.port", tmp_path / "fake.log"
+    with socket.socket() as taken:  # held (and listening) for the whole test: no race
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [sys.executable, "-m", "stillmotion", "fake-dashscope", "--port", str(port)]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [*cmd, "--port-file", str(port_file)],
+                stderr=out,
+                env={**os.environ, "NO_COLOR": "1"},
+            )
+        try:
+            with pytest.raises(AssertionError) as failed:
+                wait_for_port(proc, port_file, log.read_text, "fake-dashscope")
+        finally:
+            proc.wait(timeout=60)
+    assert proc.returncode == 3 and not port_file.exists()
+    message = str(failed.value)
+    assert message.startswith("fake-dashscope exited with status 3 before it served:")
+    assert f"error: cannot listen on 127.0.0.1:{port}: " in message

@@ -11,6 +11,8 @@ import av
 import httpx
 import pytest
 
+from stillmotion.engines.base import CancelSignal, EngineJob, EngineResult, ProgressFn
+from stillmotion.engines.motion import MotionEngine
 from stillmotion.runtime import Runtime
 from stillmotion.testing.images import image_bytes
 from stillmotion.testing.media_server import MediaServer
@@ -31,14 +33,51 @@ async def _submit(client: httpx.AsyncClient, auth: dict[str, str], body: dict) -
     return str(resp.json()["output"]["task_id"])
 
 
+async def _status(client: httpx.AsyncClient, auth: dict[str, str], task_id: str) -> str:
+    resp = await client.get(f"/task/{task_id}", headers=auth)
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["output"]["task_status"])
+
+
 async def test_task_succeeds_and_video_downloads(
-    client: httpx.AsyncClient, auth: dict[str, str], worker_runtime: Runtime
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The engine is held until the test has seen the task RUNNING, and the worker starts only
+    # after the test has seen it PENDING: each status is observed for certain, in order.
+    release = asyncio.Event()
+    held: list[str] = []
+    generate = MotionEngine.generate
+
+    async def hold(
+        self: MotionEngine, job: EngineJob, progress: ProgressFn, cancel: CancelSignal
+    ) -> EngineResult:
+        held.append(job.task_id)
+        await release.wait()
+        return await generate(self, job, progress, cancel)
+
+    monkeypatch.setattr(MotionEngine, "generate", hold)
     task_id = await _submit(client, auth, seed_body())
+    seen = [await _status(client, auth, task_id)]
+    assert seen == ["PENDING"]  # no worker yet
+    await runtime.start_worker()
+    for _ in range(1200):  # bounded: up to a minute on a busy machine
+        if held:
+            break
+        await asyncio.sleep(0.05)
+    assert held == [task_id]
+    seen.append(await _status(client, auth, task_id))
+    assert seen == ["PENDING", "RUNNING"]  # the engine has it and is held
+    release.set()
     body = await poll(client, task_id, auth)
     out = body["output"]
     assert out["task_status"] == "SUCCEEDED", body
-    assert body["_seen"][-1] == "SUCCEEDED" and "PENDING" in body["_seen"][:1] + ["PENDING"]
+    for status in body["_seen"]:
+        if status != seen[-1]:
+            seen.append(status)
+    assert seen == ["PENDING", "RUNNING", "SUCCEEDED"]
     for field in ("submit_time", "scheduled_time", "end_time"):
         assert TIME.match(out[field]), field
     assert out["submit_time"] <= out["scheduled_time"] <= out["end_time"]
@@ -51,7 +90,7 @@ async def test_task_succeeds_and_video_downloads(
         "audio": True,
     }
     url = urlsplit(out["video_url"])
-    assert out["video_url"].startswith(worker_runtime.settings.base_url + "/files/")
+    assert out["video_url"].startswith(runtime.settings.base_url + "/files/")
     video = await client.get(f"{url.path}?{url.query}")
     assert video.status_code == 200
     assert video.headers["content-type"] == "video/mp4"
@@ -66,8 +105,9 @@ async def test_task_succeeds_and_video_downloads(
     assert ranged.status_code == 206
     assert len(ranged.content) == 100
     assert ranged.content == video.content[:100]
-    events = [e["kind"] for e in await worker_runtime.store.events(task_id)]
-    assert events[0] == "created" and "claimed" in events and events[-1] == "succeeded"
+    events = [e["kind"] for e in await runtime.store.events(task_id)]
+    assert events[0] == "created" and events.count("claimed") == 1, events
+    assert events.index("claimed") < events.index("succeeded") == len(events) - 1, events
 
 
 async def test_bad_signatures_are_refused(

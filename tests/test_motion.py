@@ -16,7 +16,7 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from stillmotion.catalog import MODELS
 from stillmotion.domain import MediaRef, VideoRequest
@@ -32,14 +32,14 @@ from stillmotion.engines.motion_plan import (
 from stillmotion.engines.motion_render import (
     RenderArgs,
     _focus_points,
-    has_glyphs,
     load_source,
     split_render,
-    watermark_font,
 )
 from stillmotion.errors import EngineCanceled, PermanentEngineError, RetryableEngineError
+from stillmotion.media import watermark
 from stillmotion.media.audio import load_audio, synth_ambience
 from stillmotion.media.encode import VideoWriter, yuv420p_planes
+from stillmotion.media.watermark import Font, has_glyphs, watermark_font
 from stillmotion.testing.frames import displacement, ideal_frame, luma_frames, peak_shift, psnr
 
 SMALL = (256, 144)
@@ -401,18 +401,44 @@ async def test_progress_rises_to_one_and_720p_is_exact(
 async def test_cancel_stops_the_render_quickly(
     engine: MotionEngine, image: Path, tmp_path: Path
 ) -> None:
+    """Canceled at the first progress report, every piece stops at its next check: far from
+    its end, with its partial segment removed, and the engine returns only once they have."""
     cancel = CancelSignal()
+    reported: list[float] = []
 
     async def progress(fraction: float) -> None:
+        reported.append(fraction)
         cancel.set()
 
-    job = make_job(tmp_path, image, size=(1280, 720), duration=10)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    with pytest.raises(EngineCanceled):
-        await engine.generate(job, progress, cancel)
-    assert loop.time() - start < 2.5
+    job = make_job(tmp_path, image, size=(1280, 720), duration=15)
+    pieces = split_render(engine._args(job), engine.processes)
+    assert len(pieces) == 2 and all(p.end - p.start == 225 for p in pieces)
+    engine.poll_interval = 0.05  # the first report comes early in the pieces
+    try:
+        with pytest.raises(EngineCanceled):
+            await engine.generate(job, progress, cancel)
+    finally:
+        engine.poll_interval = 0.25
+    assert len(reported) == 1 and 0.0 < reported[0] < 0.5  # canceled at the first report
+    assert (tmp_path / "cancel").exists()  # the children were told
+    done = [_progress_of(tmp_path / p.progress_name) for p in pieces]
+    # A piece reports every CHECK_EVERY frames and checks for cancel just before: a piece
+    # that ran to its end would read 1.0. Each stopped with most of its frames undrawn.
+    assert all(d < 0.5 for d in done), done
     assert not (tmp_path / "video.mp4").exists()
+    assert sorted(tmp_path.glob("segment-*.mp4")) == []  # each writer aborted: children ended
+    snapshot = [_mtime(tmp_path / p.progress_name) for p in pieces]
+    await asyncio.sleep(0.5)  # nothing renders on after the engine returned
+    assert [_mtime(tmp_path / p.progress_name) for p in pieces] == snapshot
+
+
+def _progress_of(path: Path) -> float:
+    """What a render piece last reported (0.0: it stopped before its first frame)."""
+    return float(path.read_text()) if path.exists() else 0.0
+
+
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.exists() else None
 
 
 async def test_killed_render_process_is_retryable_and_the_pool_recovers(
@@ -663,9 +689,53 @@ def test_load_audio_resamples_to_stereo_and_fits_the_duration(tmp_path: Path) ->
     assert load_audio(wav, 0.25).shape == (2, 12_000)
 
 
-def test_watermark_falls_back_when_the_font_lacks_cjk() -> None:
+def glyph_problems(font: Font, text: str) -> list[str]:
+    """What keeps ``font`` from drawing ``text`` legibly, by an oracle of its own: every
+    character must put ink down, and different characters must draw different bitmaps (a
+    font without a character draws the same "missing" box, or nothing, for all of them)."""
+    drawn: dict[bytes, str] = {}
+    problems = []
+    for ch in dict.fromkeys(text.replace(" ", "")):
+        left, top, right, bottom = (int(v) for v in font.getbbox(ch))
+        img = Image.new("L", (right - left + 4, bottom - top + 4))
+        ImageDraw.Draw(img).text((2 - left, 2 - top), ch, font=font, fill=255)
+        if not img.getbbox():
+            problems.append(f"{ch!r} draws nothing")
+        bitmap = img.tobytes() + repr(img.size).encode()
+        if bitmap in drawn:
+            problems.append(f"{ch!r} draws the same as {drawn[bitmap]!r}")
+        drawn.setdefault(bitmap, ch)
+    return problems
+
+
+@pytest.mark.parametrize("size", [10, 20, 43])  # the smallest label, 480P, 1080P
+def test_watermark_falls_back_when_the_font_lacks_cjk(
+    monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    monkeypatch.setattr(watermark, "CJK_FONTS", ())  # no CJK font: Pillow's default font
+    default = ImageFont.load_default(size=size)
+    assert glyph_problems(default, "生成")  # the premise: it draws no CJK
+    assert not has_glyphs(default, "AI生成")
+    font, text = watermark_font(size)
+    assert text == "AI Generated"
+    assert glyph_problems(font, text) == []
+
+
+def test_watermark_skips_cjk_fonts_that_are_missing_or_unreadable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.ttc"
+    broken.write_bytes(b"not a font at all")
+    monkeypatch.setattr(watermark, "CJK_FONTS", (str(tmp_path / "absent.ttc"), str(broken)))
     font, text = watermark_font(20)
-    assert text in ("AI生成", "AI Generated")
+    assert text == "AI Generated"
+    assert glyph_problems(font, text) == []
+
+
+def test_the_watermark_label_this_machine_draws_is_legible() -> None:
+    """Whatever fonts are installed: the label chosen is one the chosen font can draw."""
+    font, text = watermark_font(20)
+    assert glyph_problems(font, text) == []
     assert has_glyphs(font, text)
 
 

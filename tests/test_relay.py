@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import av
@@ -19,6 +20,8 @@ from stillmotion.config import Settings
 from stillmotion.engines.dashscope import DashScopeEngine
 from stillmotion.runtime import Runtime
 from stillmotion.testing.fake_dashscope import FakeConfig, FakeDashScopeServer, Fault
+from stillmotion.testing.fake_dashscope_state import FakeTask
+from stillmotion.testing.fake_dashscope_views import Views
 from stillmotion.testing.images import image_bytes
 from stillmotion.testing.media_server import MediaServer
 from tests.conftest import poll, seed_body
@@ -171,9 +174,41 @@ async def test_upstream_failure_ends_our_task_with_its_code(
     assert "usage" not in result
 
 
+class Answers:
+    """The task statuses the fake answers to polls, per upstream task id, in order.
+
+    With ``unknown_first``, the first that many polls of each task whose prompt holds
+    ``marker`` are answered UNKNOWN instead (a task upstream does not show yet).
+    """
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, unknown_first: int = 0, marker: str = ""
+    ) -> None:
+        self.statuses: dict[str, list[str]] = {}
+        real = Views.task
+
+        def task(views: Views, task: FakeTask, base: str) -> dict[str, Any]:
+            seen = self.statuses.setdefault(task.task_id, [])
+            body: dict[str, Any]
+            if marker in task.prompt and len(seen) < unknown_first:
+                output = {"task_id": task.task_id, "task_status": "UNKNOWN"}
+                body = {"request_id": "scripted", "output": output}
+            else:
+                body = real(views, task, base)
+            seen.append(body["output"]["task_status"])
+            return body
+
+        monkeypatch.setattr(Views, "task", task)
+
+
 async def test_upstream_unknown_and_canceled_end_our_task(
-    client: httpx.AsyncClient, auth: dict[str, str], runtime: Runtime, fake: FakeDashScopeServer
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    runtime: Runtime,
+    fake: FakeDashScopeServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    answers = Answers(monkeypatch)
     await runtime.start_worker()
     engine = runtime.worker.engines["dashscope"]  # type: ignore[union-attr]
     body = seed_body()
@@ -191,13 +226,23 @@ async def test_upstream_unknown_and_canceled_end_our_task(
     assert (out["task_status"], out["code"]) == ("FAILED", "InternalError.UpstreamCanceled")
     out = (await poll(client, expired, auth, timeout=30))["output"]
     assert (out["task_status"], out["code"]) == ("FAILED", "InternalError.UpstreamUnknown")
-    assert engine.timings.unknown_grace == 60  # so UNKNOWN was retried 3 times, then failed
-    assert fake.state.requests["get"] >= 3
+    # Each UNKNOWN came within unknown_grace of the submit, so it was polled again, up to
+    # max_poll_failures UNKNOWN answers in a row; the last of them failed the task.
+    assert (engine.timings.unknown_grace, engine.timings.max_poll_failures) == (60, 3)
+    (upstream_expired,) = (t.task_id for t in fake.state.listing() if "expires" in t.prompt)
+    polled = answers.statuses[upstream_expired]
+    assert polled[-3:] == ["UNKNOWN"] * 3 and "UNKNOWN" not in polled[:-3], polled
+    assert set(polled[:-3]) <= {"PENDING", "RUNNING"}, polled
 
 
 async def test_unknown_long_after_the_submit_fails_at_once(
-    client: httpx.AsyncClient, auth: dict[str, str], runtime: Runtime, fake: FakeDashScopeServer
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    runtime: Runtime,
+    fake: FakeDashScopeServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    answers = Answers(monkeypatch)
     worker = await runtime.start_worker()
     engine = worker.engines["dashscope"]
     assert isinstance(engine, DashScopeEngine)
@@ -206,8 +251,28 @@ async def test_unknown_long_after_the_submit_fails_at_once(
     body["input"]["prompt"] = "expires [fake:expire=0.3] [fake:running=30]"
     out = (await poll(client, await submit(client, auth, body), auth, timeout=30))["output"]
     assert (out["task_status"], out["code"]) == ("FAILED", "InternalError.UpstreamUnknown")
-    statuses = [status for _, op, status in fake.state.log if op == "get"]
-    assert statuses.count(200) <= 4  # a few RUNNING polls, then the first UNKNOWN ends it
+    (polled,) = answers.statuses.values()
+    assert polled[-1] == "UNKNOWN" and "UNKNOWN" not in polled[:-1], polled  # no retry
+
+
+async def test_unknown_right_after_the_submit_is_polled_again(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    runtime: Runtime,
+    fake: FakeDashScopeServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Within unknown_grace an UNKNOWN may be upstream lag: fewer than max_poll_failures of
+    # them in a row are retried, and the task goes on when upstream shows it.
+    answers = Answers(monkeypatch, unknown_first=2, marker="lagging")
+    await runtime.start_worker()
+    body = seed_body()
+    body["input"]["prompt"] = "lagging upstream"
+    result = await poll(client, await submit(client, auth, body), auth, timeout=30)
+    assert result["output"]["task_status"] == "SUCCEEDED", result
+    (polled,) = answers.statuses.values()
+    assert polled[:2] == ["UNKNOWN", "UNKNOWN"] and polled[-1] == "SUCCEEDED", polled
+    assert "UNKNOWN" not in polled[2:], polled
 
 
 async def test_cancel_while_upstream_pending_cancels_upstream(

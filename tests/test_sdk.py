@@ -2,14 +2,18 @@
 
 The 1.x ``VideoSynthesis`` / ``AioVideoSynthesis`` API runs against ``stillmotion serve``
 subprocesses: ``working`` renders (one worker), ``idle`` has no worker so its tasks stay
-PENDING and can be cancelled without a race. The 2.x ``AsyncClient`` runs in-process, where a
-broken service shows whether it resends a failed submit.
+PENDING and can be cancelled without a race, until a test starts a `stillmotion worker` on
+its database. The 2.x ``AsyncClient`` runs in-process, where a broken service shows whether
+it resends a failed submit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -96,9 +100,26 @@ def test_call_ends_succeeded_with_an_mp4(working: tuple[Server, str], point: Poi
     _check_mp4(rsp.output.video_url, server.base)
 
 
+@contextlib.contextmanager
+def dedicated_worker(server: Server) -> Iterator[None]:
+    """A `stillmotion worker` on ``server``'s database while the block runs."""
+    cmd = [sys.executable, "-m", "stillmotion", "worker", "--workers", "1"]
+    proc = subprocess.Popen(cmd, env=server.env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        yield
+    finally:
+        proc.terminate()  # a graceful stop: the worker stops its render processes
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
 @pytest.mark.e2e
-def test_async_call_fetch_wait_list(working: tuple[Server, str], point: Point) -> None:
-    server, key = working
+def test_async_call_fetch_wait_list(idle: tuple[Server, str], point: Point) -> None:
+    server, key = idle
     point(server)
     submitted = _submit(key, prompt=None)  # the SDK sends "prompt": null
     assert submitted.status_code == 200, submitted
@@ -106,9 +127,9 @@ def test_async_call_fetch_wait_list(working: tuple[Server, str], point: Point) -
     task_id = submitted.output.task_id
     fetched = VideoSynthesis.fetch(submitted, api_key=key)
     assert fetched.status_code == 200
-    assert fetched.output.task_id == task_id
-    assert fetched.output.task_status in {"PENDING", "RUNNING", "SUCCEEDED"}
-    done = VideoSynthesis.wait(task_id, api_key=key)
+    assert (fetched.output.task_id, fetched.output.task_status) == (task_id, "PENDING")  # idle
+    with dedicated_worker(server):
+        done = VideoSynthesis.wait(task_id, api_key=key)
     assert done.output.task_status == "SUCCEEDED", done
     _check_mp4(done.output.video_url, server.base)
     listed = VideoSynthesis.list(api_key=key, status="SUCCEEDED", model_name=MODEL)

@@ -7,6 +7,7 @@ import sqlite3
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -503,15 +504,14 @@ async def test_sqlite_writes_wait_for_the_lock_and_reads_do_not(tmp_path: Path) 
         await store.upgrade()
         row = await new_task(store)
         assert store.dialect == "sqlite"
-        other = sqlite3.connect(path, isolation_level=None)
-        assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
-        claim = asyncio.create_task(store.claim("w1", LEASE))
-        await asyncio.sleep(0.3)
-        assert not claim.done()  # waiting on the busy timeout, not failing
-        assert (await current(store, row.id)).status is TaskStatus.PENDING  # WAL: reads go on
-        other.execute("COMMIT")
-        other.close()
+        with closing(sqlite3.connect(path, isolation_level=None)) as other:
+            assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            claim = asyncio.create_task(store.claim("w1", LEASE))
+            await asyncio.sleep(0.3)
+            assert not claim.done()  # waiting on the busy timeout, not failing
+            assert (await current(store, row.id)).status is TaskStatus.PENDING  # WAL: reads go on
+            other.execute("COMMIT")
         claimed = await asyncio.wait_for(claim, 10)
         assert claimed is not None and claimed.id == row.id
     finally:

@@ -13,7 +13,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -52,6 +51,7 @@ from stillmotion.testing.images import data_uri, sample_image
 from stillmotion.testing.media_server import MediaServer
 from stillmotion.testing.tiny_wan import save_tiny_weights
 from tests.conftest import poll
+from tests.servers import wait_for_port
 
 #: A 480x320 first frame at 720P is 1168x768 in the core; capped at 4096 px it is 64x48
 #: (multiples of 16) or 64x32 (multiples of 32, TI2V-5B). Two seconds are 33 frames at
@@ -351,6 +351,12 @@ async def _submit(client: httpx.AsyncClient, auth: dict[str, str], body: dict[st
     return str(resp.json()["output"]["task_id"])
 
 
+async def _status(client: httpx.AsyncClient, auth: dict[str, str], task_id: str) -> str:
+    resp = await client.get(f"/task/{task_id}", headers=auth)
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["output"]["task_status"])
+
+
 async def _video(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
     url = urlsplit(body["output"]["video_url"])
     resp = await client.get(f"{url.path}?{url.query}")
@@ -399,12 +405,33 @@ async def test_task_makes_the_right_video(
 
 @pytest.mark.parametrize("wan_runtime", [FAMILY_A14B], indirect=True)
 async def test_serve_worker_leaves_the_wan_engine_to_a_dedicated_worker(
-    wan_runtime: Runtime, caplog: pytest.LogCaptureFixture
+    wan_runtime: Runtime,
+    wan_client: tuple[httpx.AsyncClient, dict[str, str]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    worker = await wan_runtime.start_worker()
+    client, auth = wan_client
+    worker = await wan_runtime.start_worker()  # the worker inside `serve`
     assert "wan" not in worker.engines and "motion" in worker.engines
     assert "stillmotion worker --engine wan" in caplog.text
-    assert WanEngine.api_process is False
+    wan_task = await _submit(client, auth, submit_body())  # routed to wan
+    motion_body = submit_body()
+    motion_body["model"] = "wan2.6-i2v"  # routed to motion
+    del motion_body["parameters"]["audio"]
+    motion_task = await _submit(client, auth, motion_body)
+    done = await poll(client, motion_task, auth, timeout=120)
+    assert done["output"]["task_status"] == "SUCCEEDED", done
+    # The serve worker ran a task submitted after the wan task and never claimed the wan one.
+    events = [e["kind"] for e in await wan_runtime.store.events(wan_task)]
+    assert events == ["created"]
+    assert await _status(client, auth, wan_task) == "PENDING"
+    await worker.stop()
+    dedicated = await wan_runtime.start_worker(["wan"], dedicated=True)
+    assert list(dedicated.engines) == ["wan"]
+    done = await poll(client, wan_task, auth, timeout=120)
+    assert done["output"]["task_status"] == "SUCCEEDED", done
+    events = [e for e in await wan_runtime.store.events(wan_task) if e["kind"] == "claimed"]
+    claimed_by = [e["detail"]["worker"].partition("#")[0] for e in events]
+    assert claimed_by == [dedicated.worker_id] != [worker.worker_id]
 
 
 class SlowSteps:
@@ -487,12 +514,6 @@ async def test_cancel_stops_the_generation_between_steps(
 # -- through real processes: `stillmotion serve --workers 0` + `stillmotion worker` ---------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Processes:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -541,15 +562,16 @@ def _wait_up(base: str, proc: subprocess.Popen[bytes]) -> None:
 def test_task_through_a_dedicated_worker_process(
     weights: dict[str, Path], tmp_path: Path, processes: Processes
 ) -> None:
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
+    port_file = tmp_path / "serve.port"  # serve binds port 0 and writes the port it got here
     env = _cli_env(
         tmp_path / "data",
         weights[FAMILY_A14B],
-        STILLMOTION_PORT=str(port),
+        STILLMOTION_PORT="0",
+        STILLMOTION_PORT_FILE=str(port_file),
         STILLMOTION_LEASE_SECONDS="3",
     )
     serve = processes.start(["serve", "--workers", "0"], env)
+    base = f"http://127.0.0.1:{wait_for_port(serve, port_file)}"
     _wait_up(base, serve)
     key = subprocess.run(
         [sys.executable, "-m", "stillmotion", "keys", "create", "--name", "t"],

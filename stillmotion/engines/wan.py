@@ -29,7 +29,6 @@ from PIL import Image
 
 from stillmotion.engines import wan_loader
 from stillmotion.engines.base import CancelSignal, EngineJob, EngineResult, ProgressFn
-from stillmotion.engines.motion_render import Watermark
 from stillmotion.engines.wan_config import (
     Family,
     WanOptions,
@@ -44,6 +43,7 @@ from stillmotion.errors import EngineCanceled, PermanentEngineError
 from stillmotion.media.audio import load_audio, synth_ambience
 from stillmotion.media.encode import VideoWriter, yuv420p_planes
 from stillmotion.media.probe import load_image_rgb
+from stillmotion.media.watermark import Watermark
 
 log = logging.getLogger("stillmotion.engines.wan")
 

@@ -84,8 +84,12 @@ def connect_sqlite(url: URL) -> sqlite3.Connection:
     """A plain ``sqlite3`` connection with the same pragmas and no implicit transactions, for
     ``tasks/batch.py``: one thread runs a whole batch transaction on it in a single hop."""
     conn = sqlite3.connect(url.database or "", isolation_level=None, check_same_thread=False)
-    for pragma in SQLITE_PRAGMAS:
-        conn.execute(pragma)
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            conn.execute(pragma)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -78,8 +78,10 @@ def input_key(task_id: str, name: str) -> str:
     return f"inputs/{task_id}/{name}"
 
 
-def video_key(task_id: str) -> str:
-    return f"videos/{task_id}.mp4"
+def video_key(task_id: str, attempt: int) -> str:
+    """Where an attempt's video lives: one file per claim, so a worker that lost its lease
+    never overwrites the video of the claim that took over (its fenced finish then fails)."""
+    return f"videos/{task_id}-{attempt}.mp4"
 
 
 class TaskService:

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -215,8 +216,12 @@ class FakeDashScopeServer:
         self.app = create_fake_app(self.state)
         self.host = host
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
+        try:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._socket.bind((host, port))
+        except BaseException:
+            self._socket.close()  # a taken port: no socket left for the collector to warn about
+            raise
         self.port = int(self._socket.getsockname()[1])
         cfg = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(cfg)
@@ -240,6 +245,7 @@ class FakeDashScopeServer:
         deadline = time.monotonic() + 10
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()  # ``with`` calls no __exit__ when __enter__ raises
                 raise RuntimeError("the fake DashScope server did not start")
             time.sleep(0.01)
         return self
@@ -261,8 +267,26 @@ class FakeDashScopeServer:
         self.stop()
 
 
-def serve(host: str, port: int, config: FakeConfig) -> None:
-    """Run the fake in the foreground (the ``stillmotion fake-dashscope`` command)."""
+def serve(
+    sock: socket.socket, config: FakeConfig, *, ready: Callable[[int], None] | None = None
+) -> None:
+    """Run the fake in the foreground on the bound ``sock`` (the ``stillmotion fake-dashscope``
+    command); ``ready`` is called with its port once it accepts connections."""
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
     app = create_fake_app(FakeState(config))
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+
+    async def main() -> None:
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        if server.started and ready is not None:
+            ready(int(sock.getsockname()[1]))
+        await serving
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:  # as uvicorn.run: uvicorn re-raises a SIGINT once it has stopped
+        pass
+    finally:
+        sock.close()

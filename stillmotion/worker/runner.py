@@ -94,9 +94,10 @@ class TaskRunner:
         try:
             job = await self._prepare(row, spec, request, engine, work_dir)
             result = await engine.generate(job, beat.progress, cancel)
-            if beat.lost:
+            # a lease that expired meanwhile may be claimed by now: check before storing
+            if beat.lost or not await beat.beat():
                 raise LeaseLost("lease lost while rendering")
-            stored = await self._store_result(row.id, result)
+            stored = await self._store_result(row, result)
         except EngineDeferred as exc:
             await self._finish(self.store.release_worker(_claim(row), exc.delay))
         except EngineCanceled:
@@ -160,10 +161,10 @@ class TaskRunner:
         fetched = await fetch_to_file(ref.url, dest, policy, what=what)
         return fetched.path
 
-    async def _store_result(self, task_id: str, result: EngineResult) -> dict[str, Any]:
+    async def _store_result(self, row: TaskRow, result: EngineResult) -> dict[str, Any]:
         if not result.video_path.is_file():
             raise PermanentEngineError("the engine produced no video file")
-        key = video_key(task_id)
+        key = video_key(row.id, row.attempts)
         size = await self.storage.put_file(key, result.video_path)
         return {
             "video_key": key,
@@ -222,11 +223,11 @@ class _Heartbeat:
             if progress == last_progress and clock() - last_write < lease / 3 - interval / 2:
                 continue
             last_write, last_progress = clock(), progress
-            if not await self._beat():
+            if not await self.beat():
                 return
 
-    async def _beat(self) -> bool:
-        """One renewal; False once the lease is lost."""
+    async def beat(self) -> bool:
+        """One renewal; False once the lease is lost (a failed write counts as held)."""
         try:
             row = await self.runner.store.heartbeat(
                 self.task_id, self.claim, self.runner.config.lease_seconds, self._progress
