@@ -18,6 +18,9 @@ from stillmotion.runtime import Runtime, open_runtime
 from stillmotion.tasks.keys import create_key
 from stillmotion.testing.images import data_uri
 
+#: ``db_url`` (a fresh database on each backend) for the store's test modules.
+pytest_plugins = ["tests.store_fixtures"]
+
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"}
 
 

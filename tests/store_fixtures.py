@@ -77,3 +77,10 @@ async def database_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
         return
     async with pg_database() as url:
         yield url
+
+
+@pytest.fixture(params=BACKENDS)
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database on each backend (the store's tests run on both)."""
+    async with database_url(request.param, tmp_path) as url:
+        yield url

@@ -31,7 +31,7 @@ from stillmotion.tasks.store import TaskRow, TaskStore
 from stillmotion.worker.housekeeping import HousekeepingConfig
 from stillmotion.worker.runner import RunnerConfig
 from stillmotion.worker.worker import Worker
-from tests.store_fixtures import BACKENDS, FakeClock, database_url
+from tests.store_fixtures import FakeClock
 
 MODEL = "wan2.6-i2v-flash"
 QUIET = 3600.0  # workers' registry heartbeat: nobody is declared dead by its age here
@@ -100,12 +100,6 @@ class HeldStorage(LocalStorage):
         self.entered.set()
         await self.release.wait()
         return await super().put_file(key, src)
-
-
-@pytest.fixture(params=BACKENDS)
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with database_url(request.param, tmp_path) as url:
-        yield url
 
 
 @pytest.fixture

@@ -30,17 +30,11 @@ from stillmotion.tasks.workers import WorkerRow
 from stillmotion.worker import liveness
 from stillmotion.worker.housekeeping import Housekeeper, HousekeepingConfig
 from stillmotion.worker.sweeper import sweep_inputs, sweep_work, worker_dir_name
-from tests.store_fixtures import BACKENDS, FakeClock, database_url
+from tests.store_fixtures import FakeClock
 from tests.test_motion import make_job, textured_image
 
 LEASE = 30.0
 BEAT = 5.0
-
-
-@pytest.fixture(params=BACKENDS)
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with database_url(request.param, tmp_path) as url:
-        yield url
 
 
 @pytest.fixture

@@ -22,15 +22,9 @@ from stillmotion.domain import TaskStatus
 from stillmotion.tasks.db import alembic_config, normalize_url
 from stillmotion.tasks.schema import metadata
 from stillmotion.tasks.store import REAPED_CODE, TaskRow, TaskStore
-from tests.store_fixtures import BACKENDS, FakeClock, database_url
+from tests.store_fixtures import FakeClock
 
 LEASE = 30.0
-
-
-@pytest.fixture(params=BACKENDS)
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with database_url(request.param, tmp_path) as url:
-        yield url
 
 
 @pytest.fixture
