@@ -17,6 +17,8 @@ import asyncpg
 import pytest
 from sqlalchemy import make_url
 
+from stillmotion.tasks.store import TaskRow, TaskStore
+
 PG_ADMIN_URL = os.environ.get(
     "STILLMOTION_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -84,3 +86,26 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     """A fresh, empty database on each backend (the store's tests run on both)."""
     async with database_url(request.param, tmp_path) as url:
         yield url
+
+
+@pytest.fixture
+async def store(db_url: str, clock: FakeClock) -> AsyncIterator[TaskStore]:
+    """A migrated store on ``db_url`` whose time is the module's ``clock`` fixture."""
+    s = await TaskStore.open(db_url, clock=clock)
+    try:
+        await s.upgrade()
+        yield s
+    finally:
+        await s.close()
+
+
+async def kinds(store: TaskStore, task_id: str) -> list[str]:
+    """The kinds of a task's events, oldest first."""
+    return [e["kind"] for e in await store.events(task_id)]
+
+
+async def current(store: TaskStore, task_id: str) -> TaskRow:
+    """The task's row (it must exist)."""
+    row = await store.get_task(task_id)
+    assert row is not None
+    return row

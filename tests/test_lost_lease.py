@@ -27,11 +27,11 @@ from stillmotion.engines.base import CancelSignal, EngineJob, EngineResult, Prog
 from stillmotion.errors import EngineCanceled
 from stillmotion.storage.local import LocalStorage
 from stillmotion.storage.signing import UrlSigner
-from stillmotion.tasks.store import TaskRow, TaskStore
+from stillmotion.tasks.store import TaskStore
 from stillmotion.worker.housekeeping import HousekeepingConfig
 from stillmotion.worker.runner import RunnerConfig
 from stillmotion.worker.worker import Worker
-from tests.store_fixtures import FakeClock
+from tests.store_fixtures import FakeClock, current
 
 MODEL = "wan2.6-i2v-flash"
 QUIET = 3600.0  # workers' registry heartbeat: nobody is declared dead by its age here
@@ -107,16 +107,6 @@ def clock() -> FakeClock:
     return FakeClock(time.time())  # stands still unless a test moves it: no lease expires
 
 
-@pytest.fixture
-async def store(db_url: str, clock: FakeClock) -> AsyncIterator[TaskStore]:
-    s = await TaskStore.open(db_url, clock=clock)
-    try:
-        await s.upgrade()
-        yield s
-    finally:
-        await s.close()
-
-
 class Pair:
     """Workers ``a`` (the first claim) and ``b`` (the one that takes over), stopped after."""
 
@@ -184,12 +174,6 @@ async def event_set(event: asyncio.Event, what: str) -> None:
         raise AssertionError(f"not within {WAIT} s: {what}") from None
 
 
-async def row(store: TaskStore, task_id: str) -> TaskRow:
-    got = await store.get_task(task_id)
-    assert got is not None
-    return got
-
-
 async def declare_dead(store: TaskStore, worker_id: str, task_id: str) -> None:
     """Reclaim ``worker_id``'s tasks as a peer that judged it dead would (it is not)."""
     for _ in range(50):  # the row changes if the worker beat meanwhile: read it again
@@ -202,7 +186,7 @@ async def declare_dead(store: TaskStore, worker_id: str, task_id: str) -> None:
 
 
 async def succeeded(store: TaskStore, task_id: str) -> bool:
-    return (await row(store, task_id)).status is TaskStatus.SUCCEEDED
+    return (await current(store, task_id)).status is TaskStatus.SUCCEEDED
 
 
 async def check_outcome(
@@ -217,7 +201,7 @@ async def check_outcome(
     """The second claim's result stands and the first's is not the video; events show both
     claims and one success; the first claim is still fenced out."""
     assert await _idle(first)
-    done = await row(store, task_id)
+    done = await current(store, task_id)
     assert done.status is TaskStatus.SUCCEEDED and done.worker_id == "B#1", done
     assert done.attempts == 2 and done.result is not None
     key = done.result["video_key"]
@@ -271,9 +255,9 @@ async def end_both(
     end_first()
     await until("the first worker's run ended", lambda: _idle(first))
     if not second_first:
-        current = await row(store, task_id)
-        assert current.status is TaskStatus.RUNNING and current.worker_id == "B#1", current
-        assert current.result is None
+        mid = await current(store, task_id)
+        assert mid.status is TaskStatus.RUNNING and mid.worker_id == "B#1", mid
+        assert mid.result is None
         second.gate.set()
         await until("the second claim succeeded", lambda: succeeded(store, task_id))
 

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from stillmotion.tasks.workers import WorkerRow
 from stillmotion.worker import liveness
 from stillmotion.worker.housekeeping import Housekeeper, HousekeepingConfig
 from stillmotion.worker.sweeper import sweep_inputs, sweep_work, worker_dir_name
-from tests.store_fixtures import FakeClock
+from tests.store_fixtures import FakeClock, current, kinds
 from tests.test_motion import make_job, textured_image
 
 LEASE = 30.0
@@ -40,16 +39,6 @@ BEAT = 5.0
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(time.time())  # real epoch: rows are compared with file times
-
-
-@pytest.fixture
-async def store(db_url: str, clock: FakeClock) -> AsyncIterator[TaskStore]:
-    s = await TaskStore.open(db_url, clock=clock)
-    try:
-        await s.upgrade()
-        yield s
-    finally:
-        await s.close()
 
 
 def dead_pid() -> int:
@@ -74,16 +63,6 @@ async def new_task(store: TaskStore, max_attempts: int = 3) -> TaskRow:
         task_id=str(uuid.uuid4()), key_id="key-a", model="wan2.6-i2v", engine="motion",
         request={"prompt": "a cat"}, max_attempts=max_attempts,
     )  # fmt: skip
-
-
-async def kinds(store: TaskStore, task_id: str) -> list[str]:
-    return [e["kind"] for e in await store.events(task_id)]
-
-
-async def row(store: TaskStore, task_id: str) -> TaskRow:
-    got = await store.get_task(task_id)
-    assert got is not None
-    return got
 
 
 # -- registry and liveness ------------------------------------------------------------------
@@ -139,13 +118,13 @@ async def test_start_reclaims_a_dead_workers_tasks_at_once(
     await hk.start()
     assert hk.reclaimed == 2
     for task in tasks:
-        back = await row(store, task.id)
+        back = await current(store, task.id)
         assert back.status is TaskStatus.PENDING and back.worker_id is None
         assert back.attempts == 1 and back.run_after == clock.now  # the attempt counts
         assert await kinds(store, task.id) == ["created", "claimed", "reclaimed"]
         detail = (await store.events(task.id))[-1]["detail"]
         assert detail["worker"] == "dead" and detail["attempt"] == 1 and "gone" in detail["reason"]
-    assert (await row(store, untouched.id)).worker_id == "alive#1"
+    assert (await current(store, untouched.id)).worker_id == "alive#1"
     assert {w.id for w in await store.workers.registered()} == {"alive", "live"}
     left = sorted(p.name for p in (tmp_path / "work").iterdir())
     assert left == sorted(worker_dir_name(n) for n in ("alive", "live"))
@@ -165,7 +144,7 @@ async def test_a_task_that_kills_its_worker_every_time_fails(
         assert await store.claim(f"crash{n}#1", LEASE) is not None
         clock.advance(1)
         assert await hk.reclaim_dead() == 1
-    done = await row(store, task.id)
+    done = await current(store, task.id)
     assert done.status is TaskStatus.FAILED and done.error_code == WORKER_LOST_CODE
     assert done.attempts == 2 and done.ended_at == clock.now and done.worker_id == "crash1#1"
     assert done.error_message == "the worker running this task died on each of its 2 attempts"
@@ -228,7 +207,7 @@ async def test_reclaim_does_nothing_when_the_worker_beat_meanwhile(
     clock.advance(20)
     assert await store.workers.beat("slow") is True  # alive after all
     assert await store.workers.reclaim(seen, "heartbeat 20 s old") is None
-    assert (await row(store, task.id)).worker_id == "slow#1"
+    assert (await current(store, task.id)).worker_id == "slow#1"
     assert [w.id for w in await store.workers.registered()] == ["slow"]
 
 
@@ -242,7 +221,7 @@ async def test_claim_ids_match_their_worker_only(store: TaskStore, clock: FakeCl
     (dead,) = await store.workers.registered()
     done = await store.workers.reclaim(dead, "process gone")
     assert done is not None and done.pending == [mine.id] and done.failed == []
-    assert (await row(store, other.id)).status is TaskStatus.RUNNING
+    assert (await current(store, other.id)).status is TaskStatus.RUNNING
 
 
 # -- sweeper --------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import asyncio
 import sqlite3
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from stillmotion.domain import TaskStatus
 from stillmotion.tasks.db import alembic_config, normalize_url
 from stillmotion.tasks.schema import metadata
 from stillmotion.tasks.store import REAPED_CODE, TaskRow, TaskStore
-from tests.store_fixtures import FakeClock
+from tests.store_fixtures import FakeClock, current, kinds
 
 LEASE = 30.0
 
@@ -30,16 +29,6 @@ LEASE = 30.0
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-@pytest.fixture
-async def store(db_url: str, clock: FakeClock) -> AsyncIterator[TaskStore]:
-    s = await TaskStore.open(db_url, clock=clock)
-    try:
-        await s.upgrade()
-        yield s
-    finally:
-        await s.close()
 
 
 async def new_task(
@@ -50,16 +39,6 @@ async def new_task(
         task_id=str(uuid.uuid4()), key_id=key, model=model, engine=engine,
         request={"prompt": "a cat", "n": 1}, max_attempts=max_attempts,
     )  # fmt: skip
-
-
-async def kinds(store: TaskStore, task_id: str) -> list[str]:
-    return [e["kind"] for e in await store.events(task_id)]
-
-
-async def current(store: TaskStore, task_id: str) -> TaskRow:
-    row = await store.get_task(task_id)
-    assert row is not None
-    return row
 
 
 # -- keys ----------------------------------------------------------------------------------
