@@ -60,6 +60,6 @@ class UrlSigner:
 
     def verify(self, key: str, expires: int, signature: str, *, now: float | None = None) -> bool:
         current = time.time() if now is None else now
-        if expires < current:
+        if expires < current or not signature.isascii():  # compare_digest raises on non-ASCII
             return False
         return hmac.compare_digest(self.signature(key, expires), signature)
