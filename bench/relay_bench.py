@@ -36,6 +36,7 @@ from stillmotion.engines.dashscope import DashScopeEngine
 from stillmotion.engines.dashscope_client import UpstreamClient
 from stillmotion.runtime import Runtime, open_runtime
 from stillmotion.tasks.keys import create_key
+from stillmotion.tasks.rows import ApiKeyRow
 
 KEY = "sk-bench"
 POLLS: list[tuple[str, float, float]] = []  # (upstream id, start, end), monotonic
@@ -154,9 +155,9 @@ class _Count:
         setattr(store, name, counted)
 
 
-async def _heartbeat_cpu(runtime: Runtime, key_id: str, n: int = 2000) -> float:
+async def _heartbeat_cpu(runtime: Runtime, key_row: ApiKeyRow, n: int = 2000) -> float:
     """CPU seconds of one lease renewal on this store (measured on a claimed task)."""
-    row = await runtime.service.submit(key_id, BODY)
+    row = await runtime.service.submit(key_row, BODY)
     claimed = await runtime.store.claim("bench-claim", 60, ["dashscope"])
     assert claimed is not None and claimed.id == row.id
     cpu0 = time.process_time()
@@ -200,7 +201,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         assert isinstance(engine, DashScopeEngine)
         cpu0, loop0, t0 = time.process_time(), time.thread_time(), time.monotonic()
         for _ in range(args.tasks):
-            await runtime.service.submit(key.row.id, BODY)
+            await runtime.service.submit(key.row, BODY)
         submitted = time.monotonic() - t0
         await _wait_done(runtime, args.tasks)
         wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
@@ -218,7 +219,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         latencies = [e - s for _, s, e in POLLS]
         burst = await _burst_cycle(engine, list(ends))
         await worker.stop()
-        beat_cpu = await _heartbeat_cpu(runtime, key.row.id)
+        beat_cpu = await _heartbeat_cpu(runtime, key.row)
         return {
             "tasks": args.tasks,
             "succeeded": sum(1 for r in rows if r.status.value == "SUCCEEDED"),

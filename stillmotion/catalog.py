@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal
 
 AudioMode = Literal["always", "optional", "never"]
@@ -44,8 +45,8 @@ class ModelSpec:
     negative_prompt_max: int
     image_max_bytes: int
     #: CNY per output second, keyed by resolution (and by audio for optional-audio models)
-    price_cny: Mapping[str, float]
-    price_cny_silent: Mapping[str, float] | None = None
+    price_cny: Mapping[str, Decimal]
+    price_cny_silent: Mapping[str, Decimal] | None = None
     description: str = ""
 
     def duration_rule(self) -> str:
@@ -54,7 +55,7 @@ class ModelSpec:
             return f"an integer from {ds[0]} to {ds[-1]}"
         return " or ".join(str(d) for d in ds)
 
-    def price_per_second(self, resolution: str, audio: bool) -> float:
+    def price_per_second(self, resolution: str, audio: bool) -> Decimal:
         table = self.price_cny if audio or self.price_cny_silent is None else self.price_cny_silent
         return table[resolution]
 
@@ -96,8 +97,8 @@ MODELS: Mapping[str, ModelSpec] = {
             prompt_max=1500,
             negative_prompt_max=500,
             image_max_bytes=20 * _MB,
-            price_cny={"720P": 0.3, "1080P": 0.5},
-            price_cny_silent={"720P": 0.15, "1080P": 0.25},
+            price_cny={"720P": Decimal("0.3"), "1080P": Decimal("0.5")},
+            price_cny_silent={"720P": Decimal("0.15"), "1080P": Decimal("0.25")},
             description="Wan 2.6 flash: with audio by default; audio=false gives silent video",
         ),
         ModelSpec(
@@ -113,7 +114,7 @@ MODELS: Mapping[str, ModelSpec] = {
             prompt_max=1500,
             negative_prompt_max=500,
             image_max_bytes=20 * _MB,
-            price_cny={"720P": 0.6, "1080P": 1.0},
+            price_cny={"720P": Decimal("0.6"), "1080P": Decimal("1.0")},
             description="Wan 2.6: always with audio; single or multi-shot",
         ),
         ModelSpec(
@@ -129,7 +130,7 @@ MODELS: Mapping[str, ModelSpec] = {
             prompt_max=1500,
             negative_prompt_max=500,
             image_max_bytes=20 * _MB,
-            price_cny={"480P": 0.3, "720P": 0.6, "1080P": 1.0},
+            price_cny={"480P": Decimal("0.3"), "720P": Decimal("0.6"), "1080P": Decimal("1.0")},
             description="Wan 2.5 preview: 5 or 10 s, always with audio",
         ),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -215,6 +216,31 @@ class Settings(BaseSettings):
         False,
         description="Let the relay download results from loopback/private addresses (a fake or "
         "local upstream such as `stillmotion fake-dashscope`).",
+    )
+    billing: Literal["off", "on"] = Field(
+        "off",
+        description="`on`: every submit reserves its quote from the caller's account (400 "
+        "`Arrearage` when the available balance cannot cover it) and success captures the "
+        "cost of what was produced; `off`: tasks are priced and metered but nothing is held "
+        "or charged (docs/billing.md).",
+    )
+    currency: str = Field(
+        "CNY", min_length=1, max_length=8, description="The one currency of every amount."
+    )
+    price_multiplier: Decimal = Field(
+        Decimal(1), gt=0, description="Factor applied to every per-second price, e.g. `1.2`."
+    )
+    prices: str | dict[str, str | float | int] = Field(
+        "",
+        description="Per-second price overrides, `MODEL.TIER=PRICE` or `MODEL.TIER.silent=PRICE` "
+        "(comma-separated; in TOML a `[prices]` table), e.g. `wan2.6-i2v.720P=0.5`; models and "
+        "tiers not named keep the catalog's list price.",
+    )
+    price_groups: str | dict[str, str | float | int] = Field(
+        "",
+        description="Named price factors an account can be put in (`accounts set --price-group`)"
+        ", `NAME=FACTOR` comma-separated (TOML: a `[price_groups]` table), e.g. `vip=0.8`; "
+        "applied on top of `price_multiplier`.",
     )
     config: Path | None = Field(None, description="TOML file read for any of these settings.")
 

@@ -12,6 +12,8 @@ class ServiceError(Exception):
 
     code: str = "InternalError"
     status: int = 500
+    #: extra response headers (``Retry-After``, ``x-should-retry``)
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
         super().__init__(message)
@@ -79,6 +81,30 @@ class UnsupportedFileFormat(ServiceError):
 class Throttling(ServiceError):
     code = "Throttling"
     status = 429
+
+
+class RateQuota(Throttling):
+    """A submit over the account's or key's submit rate (``Retry-After`` says when)."""
+
+    code = "Throttling.RateQuota"
+
+
+class AllocationQuota(Throttling):
+    """A submit over a PENDING cap or a daily budget."""
+
+    code = "Throttling.AllocationQuota"
+
+
+class Arrearage(ServiceError):
+    """The account's available balance does not cover the task's quote. Not retryable: the
+    same request fails the same way until the account is topped up."""
+
+    code = "Arrearage"
+    status = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.headers = {"x-should-retry": "false"}
 
 
 class InternalError(ServiceError):

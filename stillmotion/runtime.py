@@ -17,6 +17,7 @@ from stillmotion.config import Settings
 from stillmotion.engines.base import Engine
 from stillmotion.engines.registry import available, create_engine, load_factory
 from stillmotion.errors import ServiceError
+from stillmotion.money import MoneyError, PriceList, parse_factors, parse_overrides
 from stillmotion.storage.local import LocalStorage
 from stillmotion.storage.signing import UrlSigner, load_or_create_secret
 from stillmotion.tasks.keys import KeyVerifier
@@ -78,8 +79,22 @@ def resolve_routes(settings: Settings) -> dict[str, str]:
     return {m: routes.get(m, "motion") for m in catalog.model_names()}
 
 
+def price_list(settings: Settings) -> PriceList:
+    """The effective prices from the settings; a bad entry fails the start."""
+    try:
+        return PriceList(
+            currency=settings.currency,
+            multiplier=settings.price_multiplier,
+            overrides=parse_overrides(settings.prices or None),
+            groups=parse_factors(settings.price_groups or None, "STILLMOTION_PRICE_GROUPS"),
+        )
+    except MoneyError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
 async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     routes = resolve_routes(settings)
+    price_list(settings)  # checked before anything is opened
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     store = await TaskStore.open(settings.db_url, cache_seconds=settings.task_cache_seconds)
@@ -98,6 +113,8 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         routes,
         max_attempts=settings.max_attempts,
         cancel_running=settings.cancel_running,
+        prices=price_list(settings),
+        billing=settings.billing == "on",
     )
     return Runtime(
         settings=settings,

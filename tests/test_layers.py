@@ -27,6 +27,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         # the bottom: import nothing of ours
         "__init__": (),
         "catalog": (),
+        # exact amounts and the price list, over the catalog's list prices
+        "money": ("catalog",),
         "domain": (),
         "errors": (),
         "config": (),
@@ -34,17 +36,19 @@ ALLOWED: dict[str, frozenset[str]] = {
         "media": ("catalog", "domain", "errors"),
         "storage": ("catalog", "domain", "errors"),
         "engines": ("catalog", "domain", "errors", "media", "storage"),
-        "tasks": ("catalog", "domain", "errors", "media", "storage"),
+        "tasks": ("catalog", "domain", "errors", "media", "storage", "money"),
         # the wiring
-        "worker": ("catalog", "domain", "errors", "media", "storage", "engines", "tasks"),
+        "worker": (
+            *("catalog", "domain", "errors", "media", "storage", "engines", "tasks", "money"),
+        ),
         # runtime builds the task renderer it hands to the service; nothing else of api
         "runtime": (
             *("catalog", "domain", "errors", "config", "media", "storage", "engines"),
-            *("tasks", "worker", "api.render"),
+            *("tasks", "worker", "api.render", "money"),
         ),
         "api": (
             *("catalog", "domain", "errors", "config", "media", "storage", "engines"),
-            *("tasks", "runtime"),
+            *("tasks", "runtime", "money"),
         ),
         # the shipped fakes and test helpers: lower layers only; only cli (the
         # ``fake-dashscope`` command), tests and bench import them
@@ -54,7 +58,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         "cli_generate": ("client",),
         "cli": (
             *("catalog", "domain", "errors", "config", "runtime", "api", "tasks"),
-            *("testing", "cli_generate"),
+            *("testing", "cli_generate", "money"),
         ),
         # the console script and ``python -m stillmotion``: tiny on purpose
         "_entry": ("cli",),

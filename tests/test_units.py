@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,7 @@ def test_catalog_rules() -> None:
     assert preview.durations == (5, 10) and preview.resolutions == ("480P", "720P", "1080P")
     assert preview.duration_rule() == "5 or 10"
     assert flash.duration_rule() == "an integer from 2 to 15"
-    assert flash.price_per_second("720P", audio=False) == 0.15
+    assert flash.price_per_second("720P", audio=False) == Decimal("0.15")
 
 
 def test_usage_shapes() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,16 +16,33 @@ from stillmotion.api.schemas import CancelResponse, SubmitResponse, TaskResponse
 from stillmotion.errors import InvalidParameter
 
 router = APIRouter(tags=["bailian"])
+HASH_INLINE_BYTES = 256 * 1024
 
 
-async def read_json(request: Request, caller: Caller) -> Any:
-    """The body's JSON (400 ``InvalidParameter`` when it is empty, not JSON, or nested too
-    deep). The chunks are joined by ``service.parse``: a big body's join (a copy of up to
-    ``max_body_bytes``) and parse happen in a thread, not on the event loop."""
+async def read_body(request: Request) -> list[bytes]:
+    """The body's chunks (400 ``InvalidParameter`` when it is empty)."""
     chunks = [chunk async for chunk in request.stream() if chunk]
     if not chunks:
         raise InvalidParameter("The request body is empty; send a JSON object.")
-    return await caller.runtime.service.parse(chunks)
+    return chunks
+
+
+async def idempotency(request: Request, chunks: list[bytes]) -> tuple[str, str] | None:
+    """``(Idempotency-Key, SHA-256 of the body's bytes)``, when the header is sent; a big
+    body is hashed in a thread."""
+    value = request.headers.get("idempotency-key")
+    if value is None:
+        return None
+    if sum(map(len, chunks)) <= HASH_INLINE_BYTES:
+        return value, body_hash(chunks)
+    return value, await asyncio.to_thread(body_hash, chunks)
+
+
+def body_hash(chunks: list[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 @router.post(
@@ -41,9 +60,12 @@ async def submit(request: Request) -> Any:
 
 
 async def submit_task(request: Request, caller: Caller) -> JSONResponse:
-    """Both submit paths (reseller and DashScope-native) end here."""
-    body = await read_json(request, caller)
-    row = await caller.runtime.service.submit(caller.key.id, body)
+    """Both submit paths (reseller and DashScope-native) end here. The body's JSON is parsed
+    by ``service.parse``: a big body's join and parse happen in a thread, not on the loop."""
+    service = caller.runtime.service
+    chunks = await read_body(request)
+    idem = await idempotency(request, chunks)
+    row = await service.submit(caller.key, await service.parse(chunks), idempotency=idem)
     output = {"task_id": row.id, "task_status": row.status.value}
     return JSONResponse({"request_id": caller.request_id, "output": output})
 

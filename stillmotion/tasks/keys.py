@@ -23,9 +23,14 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-async def create_key(store: TaskStore, name: str) -> NewKey:
+async def create_key(
+    store: TaskStore, name: str, *, account_id: str | None = None, is_admin: bool = False
+) -> NewKey:
+    """A new key of ``account_id`` (without one: of a new account named ``name``)."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = await store.create_key(name, hash_key(key), key[:10])
+    row = await store.create_key(
+        name, hash_key(key), key[:10], account_id=account_id, is_admin=is_admin
+    )
     return NewKey(key=key, row=row)
 
 

@@ -46,6 +46,14 @@ class TaskRow:
     error_code: str | None
     error_message: str | None
     engine_state: dict[str, Any]
+    # money (tasks/ledger.py): micros; ``hold`` None when billing was off at submit,
+    # ``cost``/``billed_ms`` None until the task ends
+    account_id: str | None = None
+    price: int = 0
+    quote: int = 0
+    hold: int | None = None
+    cost: int | None = None
+    billed_ms: int | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> TaskRow:
@@ -57,13 +65,68 @@ class TaskRow:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What an account or key allows; ``None``: no limit. ``daily_budget`` in micros."""
+
+    max_concurrent: int | None = None
+    max_pending: int | None = None
+    submit_rate: float | None = None
+    daily_budget: int | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> Limits:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+
+@dataclass(frozen=True)
 class ApiKeyRow:
     id: str
     name: str
     prefix: str
     created_at: float
     revoked_at: float | None
+    account_id: str | None = None
+    is_admin: bool = False
+    limits: Limits = Limits()
+    price_group: str | None = None  # the account's, when read with it (``key_by_hash``)
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> ApiKeyRow:
-        return cls(**_columns(cls, row))
+        skip = ("limits", "price_group")
+        base = {f.name: row[f.name] for f in fields(cls) if f.name not in skip}
+        base["price_group"] = row.get("price_group")
+        base["created_at"] = float(base["created_at"])
+        if base["revoked_at"] is not None:
+            base["revoked_at"] = float(base["revoked_at"])
+        base["is_admin"] = bool(base["is_admin"])
+        return cls(**base, limits=Limits.from_row(row))
+
+
+@dataclass(frozen=True)
+class AccountRow:
+    id: str
+    name: str
+    created_at: float
+    balance: int  # micros posted: top-ups and adjustments less captures
+    held: int  # micros reserved by open holds
+    price_group: str | None
+    limits: Limits
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> AccountRow:
+        return cls(
+            id=row["id"], name=row["name"], created_at=float(row["created_at"]),
+            balance=int(row["balance"]), held=int(row["held"]), price_group=row["price_group"],
+            limits=Limits.from_row(row),
+        )  # fmt: skip

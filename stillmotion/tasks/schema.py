@@ -1,5 +1,11 @@
 """The tables, in SQLAlchemy Core. ``migrations/versions`` creates exactly these.
 
+``accounts`` hold money (``balance`` posted, ``held`` reserved by open holds, both integer
+micros) and the limits of their keys; ``ledger`` is the append-only record of every movement
+(``tasks/ledger.py``): each row carries the change it makes to its account's ``balance`` and
+``held``, so the two columns always equal the sums of the ledger. ``idempotency_keys`` maps a
+key's ``Idempotency-Key`` header to the task it created.
+
 ``workers`` is the registry of live workers (``tasks/workers.py``): a row per running worker
 process, its heartbeat, and what tells whether its process is still there.
 
@@ -9,6 +15,8 @@ Times are epoch seconds (UTC) stored as double-precision floats; JSON columns us
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
@@ -16,6 +24,37 @@ metadata = sa.MetaData()
 
 def _time(name: str, *, nullable: bool = False) -> sa.Column[float]:
     return sa.Column(name, sa.Float(precision=53), nullable=nullable)
+
+
+def _money(name: str, *, nullable: bool = False) -> sa.Column[int]:
+    if nullable:
+        return sa.Column(name, sa.BigInteger(), nullable=True)
+    return sa.Column(name, sa.BigInteger(), nullable=False, server_default=sa.text("0"))
+
+
+def limit_columns() -> list[sa.Column[Any]]:
+    """Limits an account or key may set (NULL: none), and its submit-rate bucket's state."""
+    return [
+        sa.Column("max_concurrent", sa.Integer(), nullable=True),
+        sa.Column("max_pending", sa.Integer(), nullable=True),
+        sa.Column("submit_rate", sa.Float(precision=53), nullable=True),
+        _money("daily_budget", nullable=True),
+        sa.Column("rate_tokens", sa.Float(precision=53), nullable=True),
+        _time("rate_at", nullable=True),
+    ]
+
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    _time("created_at"),
+    _money("balance"),
+    _money("held"),
+    sa.Column("price_group", sa.String(64), nullable=True),
+    *limit_columns(),
+)
 
 
 api_keys = sa.Table(
@@ -27,7 +66,11 @@ api_keys = sa.Table(
     sa.Column("key_hash", sa.String(64), nullable=False),
     _time("created_at"),
     _time("revoked_at", nullable=True),
+    sa.Column("account_id", sa.String(32), nullable=True),
+    sa.Column("is_admin", sa.Boolean(), nullable=False, server_default=sa.false()),
+    *limit_columns(),
     sa.Index("ix_api_keys_key_hash", "key_hash", unique=True),
+    sa.Index("ix_api_keys_account_id", "account_id"),
 )
 
 tasks = sa.Table(
@@ -54,9 +97,49 @@ tasks = sa.Table(
     sa.Column("error_code", sa.String(100), nullable=True),
     sa.Column("error_message", sa.Text(), nullable=True),
     sa.Column("engine_state", sa.JSON(), nullable=False, server_default=sa.text("'{}'")),
+    # money (tasks/ledger.py): the per-second price and the quote fixed at submit; ``hold``
+    # is what the submit reserved (NULL: billing was off); ``cost`` and ``billed_ms`` are set
+    # by the terminal transition (NULL until then)
+    sa.Column("account_id", sa.String(32), nullable=True),
+    _money("price"),
+    _money("quote"),
+    _money("hold", nullable=True),
+    _money("cost", nullable=True),
+    sa.Column("billed_ms", sa.BigInteger(), nullable=True),
     sa.Index("ix_tasks_status_run_after", "status", "run_after"),
     sa.Index("ix_tasks_key_id_status", "key_id", "status"),
     sa.Index("ix_tasks_key_id_created_at", "key_id", "created_at"),
+    sa.Index("ix_tasks_account_id_status", "account_id", "status"),
+    sa.Index("ix_tasks_account_id_created_at", "account_id", "created_at"),
+)
+
+ledger = sa.Table(
+    "ledger",
+    metadata,
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column("account_id", sa.String(32), nullable=False),
+    sa.Column("task_id", sa.String(36), nullable=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("amount", sa.BigInteger(), nullable=False),
+    sa.Column("balance_delta", sa.BigInteger(), nullable=False),
+    sa.Column("held_delta", sa.BigInteger(), nullable=False),
+    # a capture or release names the hold it resolves: each hold resolves once
+    sa.Column("pending_id", sa.String(80), nullable=True),
+    _time("at"),
+    sa.Column("detail", sa.JSON(none_as_null=True), nullable=True),
+    sa.Index("ix_ledger_pending_id", "pending_id", unique=True),
+    sa.Index("ix_ledger_account_id_at", "account_id", "at"),
+    sa.Index("ix_ledger_task_id", "task_id"),
+)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("idem_key", sa.String(255), primary_key=True),
+    sa.Column("body_hash", sa.String(64), nullable=False),
+    sa.Column("task_id", sa.String(36), nullable=False),
+    _time("created_at"),
 )
 
 task_events = sa.Table(

@@ -1,4 +1,10 @@
-"""TaskService: submit, get, list and cancel. The only thing the API routes call."""
+"""TaskService: submit, get, list and cancel. The only thing the API routes call.
+
+A submit is priced here (``money.PriceList``: the caller's account's price group) and
+quoted for its requested duration; the store's submit transaction admits it (limits, and
+with billing on a hold of the quote) or raises the refusal. An ``Idempotency-Key`` answers
+a repeated submit with its first task.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
+
 from stillmotion.domain import CANCELABLE, MediaRef, TaskStatus, is_clean_text
-from stillmotion.errors import UnsupportedOperation
+from stillmotion.errors import InvalidParameter, UnsupportedOperation
+from stillmotion.money import PriceList, cost_micros, format_micros
 from stillmotion.storage.base import Storage
+from stillmotion.tasks.admission import Ask
 from stillmotion.tasks.body import INLINE_BYTES, parse_body, parse_chunks
+from stillmotion.tasks.rows import ApiKeyRow
 from stillmotion.tasks.store import TaskRow, TaskStore
 from stillmotion.tasks.validation import Validated, check_submit, decode_media
 
@@ -57,7 +68,21 @@ def media_pool() -> ThreadPoolExecutor:
         return _pool
 
 
+#: the longest ``Idempotency-Key`` header value taken
+IDEMPOTENCY_KEY_MAX = 255
+IDEMPOTENCY_CONFLICT = (
+    "This Idempotency-Key was used in the last 24 hours with a different request body "
+    "(task {task_id}); send the same body to get that task again, or use a new key."
+)
+
 CANCEL_REFUSED = "Failed to cancel the task, please confirm if the task is in PENDING status."
+
+
+def check_idempotency_key(value: str) -> None:
+    if not value.strip() or len(value) > IDEMPOTENCY_KEY_MAX or not is_clean_text(value):
+        raise InvalidParameter(
+            f"The Idempotency-Key header must be 1 to {IDEMPOTENCY_KEY_MAX} characters."
+        )
 
 
 def new_task_id() -> str:
@@ -95,6 +120,8 @@ class TaskService:
         max_attempts: int = 3,
         cancel_running: bool = False,
         on_submit: Callable[[TaskRow], None] | None = None,
+        prices: PriceList | None = None,
+        billing: bool = False,
     ):
         self.store = store
         self.storage = storage
@@ -103,6 +130,8 @@ class TaskService:
         self.max_attempts = max_attempts
         self.cancel_running = cancel_running
         self._on_submit = on_submit
+        self.prices = prices or PriceList()
+        self.billing = billing
 
     def engine_for(self, model: str) -> str:
         return self.routes.get(model, self.default_engine)
@@ -124,21 +153,43 @@ class TaskService:
             return parse_body(b"".join(chunks))
         return await self.off_loop(parse_chunks, chunks)
 
-    async def submit(self, key_id: str, body: Any) -> TaskRow:
+    async def submit(
+        self, key: ApiKeyRow, body: Any, *, idempotency: tuple[str, str] | None = None
+    ) -> TaskRow:
+        """Validate, price and create a task; ``idempotency`` is ``(Idempotency-Key, hash of
+        the body)``: a key seen in the last 24 h answers its first task again."""
+        if idempotency is not None:
+            check_idempotency_key(idempotency[0])
+            first = await self._replay(key, idempotency)
+            if first is not None:
+                return first
         validated = check_submit(body)
         if validated.pending:
             validated = await self.off_loop(decode_media, validated)
         task_id = new_task_id()
+        price, ask = self.quote(key, validated)
         try:
             request = await self._keep_blobs(task_id, validated)
             row = await self.store.create_task(
                 task_id=task_id,
-                key_id=key_id,
+                key_id=key.id,
                 model=validated.spec.name,
                 engine=self.engine_for(validated.spec.name),
                 request=request,
                 max_attempts=self.max_attempts,
+                account_id=key.account_id,
+                price=price,
+                quote=ask.quote,
+                ask=ask,
+                idempotency=idempotency,
             )
+        except sa.exc.IntegrityError:
+            first = await self._replay(key, idempotency) if idempotency else None
+            if validated.blobs:
+                await self._drop_inputs(task_id)
+            if first is None:
+                raise
+            return first  # a concurrent submit with the same Idempotency-Key won
         except BaseException:
             if validated.blobs:
                 await self._drop_inputs(task_id)
@@ -146,6 +197,26 @@ class TaskService:
         if self._on_submit is not None:
             self._on_submit(row)
         return row
+
+    def quote(self, key: ApiKeyRow, validated: Validated) -> tuple[int, Ask]:
+        """The per-second price (micros) for the caller, and the admission ask for the
+        requested (or default) duration."""
+        req = validated.request
+        price = self.prices.price(validated.spec, req.resolution, req.audio, key.price_group)
+        quote = cost_micros(price, int(req.duration) * 1000)
+        cur = self.prices.currency
+        detail = f"{req.duration} s at {format_micros(price)} {cur}/s"
+        account = key.account_id or key.id
+        return price, Ask(account, key.id, quote, self.billing, cur, detail)
+
+    async def _replay(self, key: ApiKeyRow, idempotency: tuple[str, str]) -> TaskRow | None:
+        seen = await self.store.idempotent_task(key.id, idempotency[0])
+        if seen is None:
+            return None
+        body_hash, task_id = seen
+        if body_hash != idempotency[1]:
+            raise InvalidParameter(IDEMPOTENCY_CONFLICT.format(task_id=task_id))
+        return await self.store.get_task(task_id)
 
     async def _keep_blobs(self, task_id: str, validated: Validated) -> dict[str, Any]:
         """Store decoded data: URIs under ``inputs/<task_id>/`` and point the request at them."""

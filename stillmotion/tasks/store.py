@@ -3,7 +3,9 @@
 The task table is the queue. A claim hands a task to one worker with a lease; every later
 write by that worker is *fenced* (``WHERE id AND worker_id AND status = 'RUNNING'``), so a
 worker whose lease was taken over changes nothing. Every status change appends a
-``task_events`` row in the same transaction. Time comes from the injected ``clock``.
+``task_events`` row in the same transaction, and every terminal one settles the task's money
+there too (``tasks/ledger.py``): a capture for SUCCEEDED, a release otherwise, exactly once
+because the transition itself happens once. Time comes from the injected ``clock``.
 """
 
 from __future__ import annotations
@@ -11,19 +13,22 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, replace
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stillmotion.domain import TaskStatus, is_clean_text
-from stillmotion.tasks import db, listing
-from stillmotion.tasks.batch import InsertBatcher, SqliteBatchWriter
+from stillmotion.money import cost_micros
+from stillmotion.tasks import db, ledger, listing
+from stillmotion.tasks.admission import Ask
+from stillmotion.tasks.batch import IDEMPOTENCY_SECONDS, InsertBatcher, SqliteBatchWriter, Submit
 from stillmotion.tasks.cache import RowCache
+from stillmotion.tasks.ledger import ENDED_COLUMNS, settle_ended
 from stillmotion.tasks.rows import ApiKeyRow, TaskRow
-from stillmotion.tasks.schema import api_keys, task_events, tasks
+from stillmotion.tasks.schema import accounts, api_keys, idempotency_keys, task_events, tasks
 from stillmotion.tasks.transitions import log_transition
 from stillmotion.tasks.workers import WORKER_LOST_CODE, WorkerRegistry
 
@@ -35,7 +40,11 @@ REAPED_CODE = "InternalError.Timeout"
 # What a new task's INSERT sets; the other columns start NULL (or at their server default).
 _CREATE_COLUMNS = ("id", "key_id", "model", "engine", "status", "request", "created_at",
                    "updated_at", "run_after", "attempts", "max_attempts", "progress",
-                   "cancel_requested", "engine_state")  # fmt: skip
+                   "cancel_requested", "engine_state", "account_id", "price", "quote",
+                   "hold")  # fmt: skip
+_ENDED = [tasks.c[name] for name in ENDED_COLUMNS]
+#: what a FAILED or CANCELED transition sets besides its status: nothing billed
+_NOTHING_BILLED = {"cost": 0, "billed_ms": 0}
 _STATUSES = tuple(s for s in TaskStatus if s is not TaskStatus.UNKNOWN)
 
 
@@ -49,6 +58,36 @@ async def _event(
     await conn.execute(
         sa.insert(task_events).values(task_id=task_id, at=at, kind=kind, detail=detail)
     )
+
+
+def _releaser(now: float, why: str) -> Callable[[AsyncConnection, TaskRow], Awaitable[TaskRow]]:
+    """The settlement of a FAILED or CANCELED task: its whole hold released."""
+
+    async def release(conn: AsyncConnection, task: TaskRow) -> TaskRow:
+        ended = {name: getattr(task, name) for name in ENDED_COLUMNS}
+        await settle_ended(conn, [ended], now, why)
+        return task
+
+    return release
+
+
+def _running(owner: sa.ColumnElement[Any], column: str, now: float) -> Any:
+    """Live RUNNING tasks of the candidate's key or account (correlated count)."""
+    busy = tasks.alias(f"busy_{column}")
+    return (
+        sa.select(sa.func.count())
+        .select_from(busy)
+        .where(busy.c[column] == owner, busy.c.status == RUNNING, busy.c.lease_expires_at >= now)
+        .scalar_subquery()
+    )
+
+
+def _under_cap(
+    cand: Any, owner: sa.ColumnElement[Any], table: sa.Table, column: str, now: float
+) -> sa.ColumnElement[bool]:
+    """The owner (account or key) sets no ``max_concurrent``, or runs fewer tasks."""
+    cap = sa.select(table.c.max_concurrent).where(table.c.id == owner).scalar_subquery()
+    return sa.or_(cap.is_(None), _running(owner, column, now) < cap)
 
 
 class TaskStore:
@@ -99,10 +138,29 @@ class TaskStore:
 
     # -- API keys ---------------------------------------------------------------------------
 
-    async def create_key(self, name: str, key_hash: str, prefix: str) -> ApiKeyRow:
-        row = ApiKeyRow(secrets.token_hex(6), name, prefix, self._clock(), None)
+    async def create_key(
+        self,
+        name: str,
+        key_hash: str,
+        prefix: str,
+        *,
+        account_id: str | None = None,
+        is_admin: bool = False,
+    ) -> ApiKeyRow:
+        """A key of ``account_id``; without one, a new account of the key's own name."""
+        now = self._clock()
+        row = ApiKeyRow(secrets.token_hex(6), name, prefix, now, None, account_id, is_admin)
         async with self._write.begin() as conn:
-            await conn.execute(sa.insert(api_keys).values(key_hash=key_hash, **asdict(row)))
+            if account_id is None:
+                account_id = secrets.token_hex(6)
+                await conn.execute(
+                    sa.insert(accounts).values(id=account_id, name=name, created_at=now)
+                )
+            elif not await conn.scalar(sa.select(accounts.c.id).where(accounts.c.id == account_id)):
+                raise LookupError(f"no account {account_id!r}")
+            row = replace(row, account_id=account_id)
+            values = {k: v for k, v in asdict(row).items() if k not in ("limits", "price_group")}
+            await conn.execute(sa.insert(api_keys).values(key_hash=key_hash, **values))
         return row
 
     async def list_keys(self) -> list[ApiKeyRow]:
@@ -136,12 +194,27 @@ class TaskStore:
         return True
 
     async def key_by_hash(self, key_hash: str) -> ApiKeyRow | None:
-        query = sa.select(api_keys).where(
-            api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None)
+        """The live key with this hash, with its account's price group."""
+        query = (
+            sa.select(api_keys, accounts.c.price_group)
+            .select_from(api_keys.outerjoin(accounts, accounts.c.id == api_keys.c.account_id))
+            .where(api_keys.c.key_hash == key_hash, api_keys.c.revoked_at.is_(None))
         )
         async with self._read.connect() as conn:
             row = (await conn.execute(query)).first()
         return ApiKeyRow.from_row(row._mapping) if row else None
+
+    async def idempotent_task(self, key_id: str, idem_key: str) -> tuple[str, str] | None:
+        """``(body hash, task id)`` of this key's ``Idempotency-Key`` used in the last 24 h."""
+        since = self._clock() - IDEMPOTENCY_SECONDS
+        query = sa.select(idempotency_keys.c.body_hash, idempotency_keys.c.task_id).where(
+            idempotency_keys.c.key_id == key_id,
+            idempotency_keys.c.idem_key == idem_key,
+            idempotency_keys.c.created_at >= since,
+        )
+        async with self._read.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return (str(row.body_hash), str(row.task_id)) if row else None
 
     # -- tasks: API side --------------------------------------------------------------------
 
@@ -154,19 +227,32 @@ class TaskStore:
         engine: str,
         request: dict[str, Any],
         max_attempts: int,
+        account_id: str | None = None,
+        price: int = 0,
+        quote: int = 0,
+        ask: Ask | None = None,
+        idempotency: tuple[str, str] | None = None,
     ) -> TaskRow:
+        """Insert a PENDING task (group-committed, ``tasks/batch.py``). ``ask``: admission
+        (limits, and with ``ask.hold`` a hold of ``quote``); its refusal is raised.
+        ``idempotency``: ``(header value, body hash)`` recorded for this key."""
         now = float(self._clock())
         row = TaskRow(
             id=task_id, key_id=key_id, model=model, engine=engine, status=TaskStatus.PENDING,
             request=request, created_at=now, scheduled_at=None, ended_at=None, updated_at=now,
             run_after=now, attempts=0, max_attempts=max_attempts, worker_id=None,
             lease_expires_at=None, progress=0.0, cancel_requested=False, result=None,
-            error_code=None, error_message=None, engine_state={},
+            error_code=None, error_message=None, engine_state={}, account_id=account_id,
+            price=price, quote=quote, hold=quote if ask is not None and ask.hold else None,
         )  # fmt: skip
         values = {name: getattr(row, name) for name in _CREATE_COLUMNS}
         values["status"] = PENDING
         event = dict(task_id=task_id, at=now, kind="created", detail=None)
-        await self._inserts.insert(values, event)
+        idem = None
+        if idempotency is not None:
+            idem = dict(key_id=key_id, idem_key=idempotency[0], body_hash=idempotency[1],
+                        task_id=task_id, created_at=now)  # fmt: skip
+        await self._inserts.insert(Submit(values, event, ask, idem))
         log_transition(task_id, "new", PENDING, engine, 0, max_attempts)
         # Not cached: a new task is rarely polled within the cache's TTL, and every cached
         # row is garbage the collector walks until it expires.
@@ -215,7 +301,9 @@ class TaskStore:
         stmt = (
             sa.update(tasks)
             .where(tasks.c.id == task_id, tasks.c.key_id == key_id, tasks.c.status == PENDING)
-            .values(status=TaskStatus.CANCELED.value, ended_at=now, updated_at=now)
+            .values(
+                status=TaskStatus.CANCELED.value, ended_at=now, updated_at=now, **_NOTHING_BILLED
+            )
             .returning(tasks)
         )
         async with self._write.begin() as conn:
@@ -223,6 +311,7 @@ class TaskStore:
             if row is None:
                 return None
             await _event(conn, task_id, now, "canceled")
+            await settle_ended(conn, [row._mapping], now, "canceled")
         task = self._cache.put(TaskRow.from_row(row._mapping))
         log_transition(task_id, PENDING, task.status.value, task.engine, task.attempts,
                        task.max_attempts)  # fmt: skip
@@ -242,19 +331,11 @@ class TaskStore:
     # -- tasks: worker side -----------------------------------------------------------------
 
     def _pick(self, engines: Sequence[str] | None, now: float) -> sa.Select[tuple[str, str]]:
-        """The next eligible task's id and status (PostgreSQL: locked, skipping locked rows)."""
+        """The next eligible task's id and status (PostgreSQL: locked, skipping locked rows).
+
+        Fair across keys (the key with the fewest live RUNNING tasks first); a task whose
+        account or key is at its ``max_concurrent`` waits (it is not eligible)."""
         cand = tasks.alias("cand")
-        busy = tasks.alias("busy")
-        load = (  # live RUNNING tasks of the candidate's key: fewest goes first
-            sa.select(sa.func.count())
-            .select_from(busy)
-            .where(
-                busy.c.key_id == cand.c.key_id,
-                busy.c.status == RUNNING,
-                busy.c.lease_expires_at >= now,
-            )
-            .scalar_subquery()
-        )
         eligible = sa.or_(
             sa.and_(cand.c.status == PENDING, cand.c.run_after <= now),
             sa.and_(
@@ -263,9 +344,14 @@ class TaskStore:
                 cand.c.attempts < cand.c.max_attempts,
             ),
         )
-        pick = sa.select(cand.c.id, cand.c.status).where(eligible)
+        pick = sa.select(cand.c.id, cand.c.status).where(
+            eligible,
+            _under_cap(cand, cand.c.account_id, accounts, "account_id", now),
+            _under_cap(cand, cand.c.key_id, api_keys, "key_id", now),
+        )
         if engines is not None:
             pick = pick.where(cand.c.engine.in_(list(engines)))
+        load = _running(cand.c.key_id, "key_id", now)
         pick = pick.order_by(load, cand.c.created_at, cand.c.id).limit(1)
         if self.dialect == "postgresql":
             pick = pick.with_for_update(skip_locked=True, of=cand)
@@ -312,7 +398,10 @@ class TaskStore:
         now: float,
         values: dict[str, Any],
         event: tuple[str, dict[str, Any] | None] | None = None,
+        settle: Callable[[AsyncConnection, TaskRow], Awaitable[TaskRow]] | None = None,
     ) -> TaskRow | None:
+        """A fenced update; ``settle`` (a terminal transition's money) runs in its
+        transaction and may return the row updated further."""
         stmt = (
             sa.update(tasks)
             .where(_fence(task_id, worker_id))
@@ -323,9 +412,12 @@ class TaskStore:
             row = (await conn.execute(stmt)).first()
             if row is None:
                 return None
+            task = TaskRow.from_row(row._mapping)
             if event is not None:
                 await _event(conn, task_id, now, *event)
-        task = self._cache.put(TaskRow.from_row(row._mapping))
+            if settle is not None:
+                task = await settle(conn, task)
+        task = self._cache.put(task)
         if event is not None and task.status is not TaskStatus.RUNNING:
             code = task.error_code or ""
             log_transition(task_id, RUNNING, task.status.value, task.engine, task.attempts,
@@ -350,21 +442,40 @@ class TaskStore:
         return {"status": status.value, "ended_at": now, "lease_expires_at": None, **values}
 
     async def finish_success(self, task_id: str, worker_id: str, result: dict[str, Any]) -> bool:
+        """SUCCEEDED, and in the same transaction the cost of what was produced
+        (``ledger.billed_millis``) captured from the hold, the rest released."""
         now = self._clock()
         values = self._ended(now, TaskStatus.SUCCEEDED, result=result, progress=1.0)
-        row = await self._fenced(task_id, worker_id, now, values, ("succeeded", None))
+
+        async def capture(conn: AsyncConnection, task: TaskRow) -> TaskRow:
+            millis = ledger.billed_millis(result)
+            cost = cost_micros(task.price, millis)
+            await conn.execute(
+                sa.update(tasks).where(tasks.c.id == task.id).values(cost=cost, billed_ms=millis)
+            )
+            if task.hold is not None and task.account_id is not None:
+                entry = ledger.capture_entry(task.id, task.account_id, task.hold, cost, millis, now)
+                await ledger.write(conn, [entry])
+            return replace(task, cost=cost, billed_ms=millis)
+
+        row = await self._fenced(task_id, worker_id, now, values, ("succeeded", None), capture)
         return row is not None
 
     async def finish_failure(self, task_id: str, worker_id: str, code: str, message: str) -> bool:
         now = self._clock()
-        values = self._ended(now, TaskStatus.FAILED, error_code=code, error_message=message)
+        values = self._ended(
+            now, TaskStatus.FAILED, error_code=code, error_message=message, **_NOTHING_BILLED
+        )
         event = ("failed", {"code": code, "message": message})
-        return await self._fenced(task_id, worker_id, now, values, event) is not None
+        settle = _releaser(now, code)
+        return await self._fenced(task_id, worker_id, now, values, event, settle) is not None
 
     async def finish_canceled(self, task_id: str, worker_id: str) -> bool:
         now = self._clock()
-        values = self._ended(now, TaskStatus.CANCELED)
-        return await self._fenced(task_id, worker_id, now, values, ("canceled", None)) is not None
+        values = self._ended(now, TaskStatus.CANCELED, **_NOTHING_BILLED)
+        settle = _releaser(now, "canceled")
+        row = await self._fenced(task_id, worker_id, now, values, ("canceled", None), settle)
+        return row is not None
 
     async def retry_later(
         self, task_id: str, worker_id: str, delay: float, code: str, message: str
@@ -372,7 +483,9 @@ class TaskStore:
         """Back to PENDING after ``delay`` seconds, or FAILED when no attempts are left."""
         now = self._clock()
         again = dict(status=PENDING, run_after=now + delay, worker_id=None, lease_expires_at=None)
-        failed = self._ended(now, TaskStatus.FAILED, error_code=code, error_message=message)
+        failed = self._ended(
+            now, TaskStatus.FAILED, error_code=code, error_message=message, **_NOTHING_BILLED
+        )
         has_tries = tasks.c.attempts < tasks.c.max_attempts
         async with self._write.begin() as conn:
             for condition, values, kind, detail in (
@@ -384,12 +497,18 @@ class TaskStore:
                     .where(_fence(task_id, worker_id), condition)
                     .values(updated_at=now, **values)
                     .returning(
-                        tasks.c.status, tasks.c.engine, tasks.c.attempts, tasks.c.max_attempts
+                        tasks.c.status,
+                        tasks.c.engine,
+                        tasks.c.attempts,
+                        tasks.c.max_attempts,
+                        *_ENDED,
                     )  # fmt: skip
                 )
                 row = (await conn.execute(stmt)).first()
                 if row is not None:
                     await _event(conn, task_id, now, kind, detail)
+                    if kind == "failed":
+                        await settle_ended(conn, [row._mapping], now, code)
                     self._cache.drop(task_id)
                     log_transition(task_id, RUNNING, row.status, row.engine, row.attempts,
                                    row.max_attempts, code)  # fmt: skip
@@ -444,13 +563,15 @@ class TaskStore:
             )
             .values(
                 **self._ended(now, TaskStatus.FAILED, error_code=REAPED_CODE),
+                **_NOTHING_BILLED,
                 error_message=message,
                 updated_at=now,
             )
-            .returning(tasks.c.id, tasks.c.attempts, tasks.c.engine, tasks.c.max_attempts)
+            .returning(tasks.c.attempts, tasks.c.engine, tasks.c.max_attempts, *_ENDED)
         )
         async with self._write.begin() as conn:
             reaped = list(await conn.execute(stmt))
+            await settle_ended(conn, [r._mapping for r in reaped], now, REAPED_CODE)
             if reaped:
                 rows = [
                     dict(task_id=r.id, at=now, kind="reaped",

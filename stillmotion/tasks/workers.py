@@ -6,7 +6,8 @@ from this machine, or its heartbeat is too old); :meth:`WorkerRegistry.reclaim` 
 if the row still carries the heartbeat the caller judged, so a worker that beat in between,
 or a second reclaimer, changes nothing. A reclaim hands each RUNNING task of the worker's
 claims back to PENDING, due at once, its attempt *kept* (the attempt that died counts), or
-fails it with :data:`WORKER_LOST_CODE` when that was its last attempt. The claim ids are
+fails it with :data:`WORKER_LOST_CODE` when that was its last attempt (its hold released in
+the same transaction, ``tasks/ledger.py``). The claim ids are
 ``<worker id>#<n>``, so a claim still held by the dead worker's stale run is fenced out.
 """
 
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stillmotion.domain import TaskStatus
+from stillmotion.tasks.ledger import ENDED_COLUMNS, settle_ended
 from stillmotion.tasks.schema import task_events, tasks, workers
 from stillmotion.tasks.transitions import log_transition
 
@@ -158,10 +160,18 @@ class WorkerRegistry:
                 updated_at=now,
                 error_code=WORKER_LOST_CODE,
                 error_message=message,
+                cost=0,
+                billed_ms=0,
             )  # fmt: skip
-            .returning(tasks.c.id, tasks.c.engine, tasks.c.attempts, tasks.c.max_attempts)
+            .returning(
+                tasks.c.engine,
+                tasks.c.attempts,
+                tasks.c.max_attempts,
+                *(tasks.c[name] for name in ENDED_COLUMNS),
+            )  # fmt: skip
         )
         rows = list(await conn.execute(stmt))
+        await settle_ended(conn, [r._mapping for r in rows], now, WORKER_LOST_CODE)
         detail = {"code": WORKER_LOST_CODE, "worker": worker_id, "reason": reason}
         await _events(
             conn, now, "failed", [(r.id, {**detail, "attempts": r.attempts}) for r in rows]
