@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stillmotion.domain import TaskStatus, is_clean_text
 from stillmotion.money import cost_micros
-from stillmotion.tasks import db, ledger, listing
+from stillmotion.tasks import audit, db, ledger, listing
+from stillmotion.tasks.accounts import Accounts
 from stillmotion.tasks.admission import Ask
 from stillmotion.tasks.batch import IDEMPOTENCY_SECONDS, InsertBatcher, SqliteBatchWriter, Submit
 from stillmotion.tasks.cache import RowCache
@@ -111,6 +112,7 @@ class TaskStore:
         self._cache = RowCache(cache_seconds)
         self._reads: dict[str, asyncio.Future[TaskRow | None]] = {}
         self.workers = WorkerRegistry(read, write, clock, self._cache.drop)
+        self.accounts = Accounts(read, write, clock)
 
     @classmethod
     async def open(
@@ -121,6 +123,10 @@ class TaskStore:
         parsed = db.normalize_url(url)
         read, write = db.create_engines(parsed)
         return cls(parsed, read, write, clock, cache_seconds)
+
+    async def verify_billing(self) -> dict[str, list[dict[str, Any]]]:
+        """The ledger's invariants (``tasks/audit.py``): the failed checks' rows."""
+        return await audit.verify(self._read)
 
     async def close(self) -> None:
         await self._inserts.close()
