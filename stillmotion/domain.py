@@ -38,6 +38,9 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
 #: task that is PENDING upstream). A client's cancel of such a RUNNING task is then accepted
 #: (contract: PENDING tasks can be canceled) and the engine gets its cancel signal.
 CANCELABLE = "cancelable"
+#: engine-state key: the usage an upstream reported for a task it finished. Saved before the
+#: result is downloaded, so a task that fails after it is recorded as the operator's loss.
+UPSTREAM_USAGE = "upstream_usage"
 
 
 def can_transition(old: TaskStatus, new: TaskStatus) -> bool:

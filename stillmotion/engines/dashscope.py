@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from stillmotion.domain import CANCELABLE, MediaRef
+from stillmotion.domain import CANCELABLE, UPSTREAM_USAGE, MediaRef
 from stillmotion.engines.base import CancelSignal, EngineJob, EngineResult, ProgressFn
 from stillmotion.engines.dashscope_channels import (
     Admission,
@@ -160,6 +160,9 @@ class DashScopeEngine:
         try:
             task = await self._start(job, progress, cancel)
             body = await task.follow(job, progress, cancel)
+            usage = body.get("usage")
+            if isinstance(usage, dict) and usage:  # delivered upstream: billable from here on
+                await save_state(job, {**task.state, UPSTREAM_USAGE: dict(usage)})
             return await self._collect(job, body, progress)
         finally:
             self.admission.release(job.task_id)

@@ -25,12 +25,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from stillmotion.domain import UPSTREAM_USAGE
 from stillmotion.money import cost_micros
 from stillmotion.tasks.schema import accounts, ledger
 
 #: engine-state key a relay sets once upstream reported success (its usage), so that a task
 #: that fails after that (the result could not be downloaded) is recorded as our loss
-UPSTREAM_USAGE = "upstream_usage"
 
 Entry = dict[str, Any]
 

@@ -100,6 +100,9 @@ class FakeConfig:
     task_ttl: float = 86400.0  # a task answers UNKNOWN this long after its submit
     time_zone: str = "Asia/Shanghai"  # of the time strings, as DashScope's examples
     video_size: tuple[int, int] = (160, 96)  # of the result MP4 (tiny: fast to make)
+    #: the output seconds ``usage`` reports (None: the requested duration), to check that
+    #: the relay bills what the upstream says it produced rather than what was asked
+    usage_seconds: float | None = None
 
 
 class FakeState:

@@ -27,10 +27,11 @@ def error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def usage_for(task: FakeTask) -> dict[str, Any]:
-    """``usage`` in the model family's shape (contract 2.6)."""
+def usage_for(task: FakeTask, seconds: float | None = None) -> dict[str, Any]:
+    """``usage`` in the model family's shape (contract 2.6); ``seconds``: the duration to
+    report instead of the requested one."""
     params = task.parameters
-    duration = int(params.get("duration") or 5)
+    duration: float = int(params.get("duration") or 5) if seconds is None else seconds
     tier = int(str(params.get("resolution") or "1080P").upper().rstrip("P") or 1080)
     if not task.model.startswith("wan2.6"):
         return {"duration": duration, "SR": tier, "video_count": 1}
@@ -107,7 +108,7 @@ class Views:
             out["video_url"] = (
                 f"{base}/results/{task.task_id}.mp4?Expires={expires}&Signature={sig}"
             )
-            body["usage"] = usage_for(task)
+            body["usage"] = usage_for(task, self.state.config.usage_seconds)
         return body
 
     def list_item(self, task: FakeTask) -> dict[str, Any]:
