@@ -123,9 +123,10 @@ async def test_success_captures_the_produced_seconds_and_releases_the_rest(
 
 def _mp4_seconds(mp4: bytes) -> float:
     """The video's duration as decoded: frames / frame rate."""
-    with av.open(io.BytesIO(mp4)) as container:
+    with av.open(io.BytesIO(mp4), mode="r") as container:
         stream = container.streams.video[0]
-        frames = sum(1 for _ in container.decode(stream))
+        frames = len(list(container.decode(stream)))
+        assert stream.average_rate is not None
         return float(frames / stream.average_rate)
 
 
