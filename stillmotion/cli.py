@@ -1,4 +1,5 @@
-"""The command line: ``serve``, ``worker``, ``keys``, ``db``."""
+"""The command line: ``serve``, ``worker``, ``keys``, ``db``; ``accounts``, ``usage`` and
+``billing`` in ``cli_accounts`` and ``cli_billing``."""
 
 from __future__ import annotations
 
@@ -8,22 +9,32 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.engine import make_url
 
 from stillmotion import __version__
+from stillmotion.cli_accounts import register as register_accounts
+from stillmotion.cli_billing import register as register_billing
+from stillmotion.cli_common import (
+    PLAIN,
+    ConfigFile,
+    DataDir,
+    admin_settings,
+    db_label,
+    err,
+    fail,
+    open_store,
+    run_or_exit,
+    settings_or_exit,
+)
 from stillmotion.cli_generate import generate
-from stillmotion.config import DEFAULT_ORIGIN, Settings, data_dir_origin, load_settings
+from stillmotion.config import Settings
 from stillmotion.runtime import ConfigurationError, build_engines, open_runtime, resolve_routes
 from stillmotion.tasks.keys import create_key
-from stillmotion.tasks.store import TaskStore
 
 if TYPE_CHECKING:
     import uvicorn
@@ -38,12 +49,10 @@ db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.command("generate")(generate)
-err = Console(stderr=True)
+register_accounts(app)
+register_billing(app)
 log = logging.getLogger("stillmotion")
-_PLAIN: dict[str, Any] = {"markup": False, "highlight": False, "soft_wrap": True}  # paths as-is
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory.")]
-ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML settings file.")]
 PortFile = Annotated[
     Path | None,
     typer.Option(
@@ -52,22 +61,6 @@ PortFile = Annotated[
         help="Write the bound port here (atomically) once it accepts connections.",
     ),
 ]
-
-
-def _settings(config: Path | None = None, **overrides: object) -> Settings:
-    try:
-        return load_settings(config, **overrides)
-    except Exception as exc:
-        err.print(f"[red]error:[/red] invalid settings: {exc}")
-        raise typer.Exit(2) from None
-
-
-def _run(coro: object) -> object:
-    try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    except ConfigurationError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -85,9 +78,9 @@ def serve(
     from stillmotion.api.app import create_app
     from stillmotion.api.http_limits import LimitedHttpToolsProtocol
 
-    settings = _settings(config, host=host, port=port, data_dir=data_dir, workers=workers)
+    settings = settings_or_exit(config, host=host, port=port, data_dir=data_dir, workers=workers)
     _setup_logging(settings)
-    _run(_check_start(settings))
+    run_or_exit(_check_start(settings))
     if settings.allow_private_urls:
         log.warning(
             "STILLMOTION_ALLOW_PRIVATE_URLS is on: img_url and audio_url may reach loopback, "
@@ -119,7 +112,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        err.print(f"error: cannot listen on {host}:{port}: {exc}", **_PLAIN)
+        err.print(f"error: cannot listen on {host}:{port}: {exc}", **PLAIN)
         raise typer.Exit(3) from None
     return sock
 
@@ -191,18 +184,9 @@ def _banner(settings: Settings) -> str:
     worker = f"{settings.workers} at once" if settings.run_worker and settings.workers else "off"
     return (
         f"stillmotion {__version__} serving on {settings.base_url} "
-        f"(data dir: {settings.data_dir.resolve()}; database: {_db_label(settings)}; "
+        f"(data dir: {settings.data_dir.resolve()}; database: {db_label(settings)}; "
         f"engines: {engines}; worker: {worker})"
     )
-
-
-def _db_label(settings: Settings) -> str:
-    """The database's kind and place, without credentials."""
-    url = make_url(settings.db_url)
-    if url.get_backend_name() == "sqlite":
-        return f"SQLite {url.database}"
-    port = f":{url.port}" if url.port else ""
-    return f"{url.get_backend_name()} at {url.host or 'localhost'}{port}/{url.database or ''}"
 
 
 async def _check_start(settings: Settings) -> None:
@@ -230,9 +214,9 @@ def worker(
     config: ConfigFile = None,
 ) -> None:
     """Run a worker without the HTTP API (for example a GPU worker beside `serve --workers 0`)."""
-    settings = _settings(config, data_dir=data_dir, workers=workers)
+    settings = settings_or_exit(config, data_dir=data_dir, workers=workers)
     _setup_logging(settings)
-    _run(_worker_main(settings, engine or None))
+    run_or_exit(_worker_main(settings, engine or None))
 
 
 async def _worker_main(settings: Settings, engines: list[str] | None) -> None:
@@ -248,77 +232,49 @@ async def _worker_main(settings: Settings, engines: list[str] | None) -> None:
         await runtime.close()
 
 
-def _admin_settings(config: Path | None, data_dir: Path | None) -> Settings:
-    """Settings for `keys` and `db`, which say on stderr which database they use. With the
-    default SQLite database in the data dir they create a data dir only when it was named
-    (flag, variable or config file): the implicit `./stillmotion-data` must already exist, so
-    a command run from another directory fails instead of starting an empty one."""
-    settings = _settings(config, data_dir=data_dir)
-    if settings.database_url:
-        err.print(f"database: {_db_label(settings)}", **_PLAIN)
-        return settings
-    where = settings.data_dir.resolve()
-    origin = data_dir_origin(data_dir)
-    exists = (where / "stillmotion.db").is_file()
-    if not exists and origin == DEFAULT_ORIGIN:
-        err.print(_NO_DATA_DIR.format(where=where), **_PLAIN)
-        raise typer.Exit(2)
-    note = "" if exists else ", new"
-    err.print(f"data dir: {where} (from {origin}{note})", **_PLAIN)
-    return settings
-
-
-_NO_DATA_DIR = (
-    "error: no stillmotion data dir at {where} (the default, relative to the current "
-    "directory). Point at the one `serve` uses with --data-dir PATH, STILLMOTION_DATA_DIR=PATH "
-    "or data_dir in the config file (--config FILE or STILLMOTION_CONFIG); a data dir named "
-    "there is created if missing, the default one only by `serve` and `worker`."
-)
-
-
-@asynccontextmanager
-async def _store(settings: Settings) -> AsyncIterator[TaskStore]:
-    """The task store, migrated; no runtime (no engines, no files, no signing secret)."""
-    store = await TaskStore.open(settings.db_url)
-    try:
-        await store.upgrade()
-        yield store
-    finally:
-        await store.close()
-
-
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option("--name", help="A label for the key.")],
+    account: Annotated[
+        str | None,
+        typer.Option(
+            "--account", help="The account the key spends from (default: a new one named NAME)."
+        ),
+    ] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="Make it an admin key.")] = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
     """Make a new API key and print it (alone, on stdout). It is shown only once."""
-    settings = _admin_settings(config, data_dir)
+    settings = admin_settings(config, data_dir)
 
     async def go() -> str:
-        async with _store(settings) as store:
-            return (await create_key(store, name)).key
+        async with open_store(settings) as store:
+            try:
+                return (await create_key(store, name, account_id=account, is_admin=admin)).key
+            except LookupError:  # create_key checks the account in its transaction
+                fail(f"no account {account!r} (see `stillmotion accounts list`)", 1)
 
-    key = _run(go())
+    key = run_or_exit(go())
     sys.stdout.write(f"{key}\n")
 
 
 @keys_app.command("list")
 def keys_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
-    """List keys (id, name, prefix, state); secrets are never shown."""
-    settings = _admin_settings(config, data_dir)
+    """List keys (id, name, prefix, account, admin, state); secrets are never shown."""
+    settings = admin_settings(config, data_dir)
 
-    async def go() -> list[tuple[str, str, str, str]]:
-        async with _store(settings) as store:
+    async def go() -> list[tuple[str, ...]]:
+        async with open_store(settings) as store:
             rows = await store.list_keys()
         return [
-            (r.id, r.name, r.prefix + "…", "revoked" if r.revoked_at else "active") for r in rows
-        ]
+            (r.id, r.name, r.prefix + "…", r.account_id or "", "admin" if r.is_admin else "",
+             "revoked" if r.revoked_at else "active")
+            for r in rows
+        ]  # fmt: skip
 
-    rows = _run(go())
-    table = Table("id", "name", "prefix", "state")
-    for row in rows:  # type: ignore[attr-defined]
+    table = Table("id", "name", "prefix", "account", "admin", "state")
+    for row in run_or_exit(go()):
         table.add_row(*row)
     Console().print(table)
 
@@ -330,16 +286,16 @@ def keys_revoke(
     config: ConfigFile = None,
 ) -> None:
     """Revoke a key; requests with it then get 401 InvalidApiKey."""
-    settings = _admin_settings(config, data_dir)
+    settings = admin_settings(config, data_dir)
 
     async def go() -> bool:
-        async with _store(settings) as store:
+        async with open_store(settings) as store:
             try:
                 return await store.revoke_key(key_id)
             except ValueError as exc:  # an ambiguous prefix
                 raise ConfigurationError(str(exc)) from None
 
-    if not _run(go()):
+    if not run_or_exit(go()):
         err.print(f"[red]error:[/red] no active key {key_id!r}")
         raise typer.Exit(1)
     err.print(f"revoked {key_id}")
@@ -348,14 +304,14 @@ def keys_revoke(
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Apply the database migrations (serve and worker also do this at start)."""
-    settings = _admin_settings(config, data_dir)
+    settings = admin_settings(config, data_dir)
 
     async def go() -> None:
-        async with _store(settings):
+        async with open_store(settings):
             pass
 
-    _run(go())
-    err.print(f"database {_db_label(settings)} is up to date", **_PLAIN)
+    run_or_exit(go())
+    err.print(f"database {db_label(settings)} is up to date", **PLAIN)
 
 
 @app.command("fake-dashscope")
@@ -378,7 +334,7 @@ def fake_dashscope(
     def ready(bound: int) -> None:  # once the port accepts connections
         if port_file is not None:
             _write_port_file(port_file, bound)
-        err.print(f"fake DashScope on http://{host}:{bound}/api/v1 (keys: {len(keys)})", **_PLAIN)
+        err.print(f"fake DashScope on http://{host}:{bound}/api/v1 (keys: {len(keys)})", **PLAIN)
 
     serve(_bind(host, port), config, ready=ready)
 

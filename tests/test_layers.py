@@ -56,9 +56,13 @@ ALLOWED: dict[str, frozenset[str]] = {
         # the SDK (docs/client.md): nothing else of stillmotion, so it can ship alone
         "client": (),
         "cli_generate": ("client",),
+        # what the admin commands share, and the billing commands (accounts, usage, billing)
+        "cli_common": ("config", "runtime", "tasks"),
+        "cli_accounts": ("cli_common", "config", "money", "tasks"),
+        "cli_billing": ("cli_common", "cli_accounts", "money", "tasks"),
         "cli": (
             *("catalog", "domain", "errors", "config", "runtime", "api", "tasks"),
-            *("testing", "cli_generate", "money"),
+            *("testing", "cli_generate", "cli_common", "cli_accounts", "cli_billing", "money"),
         ),
         # the console script and ``python -m stillmotion``: tiny on purpose
         "_entry": ("cli",),
