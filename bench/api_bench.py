@@ -2,12 +2,14 @@
 
     python bench/api_bench.py [--seconds 5] [--rounds 3] [--concurrency 16] [--generators httpx,wrk]
 
-Starts `stillmotion serve --workers 0` (API only: rendering would compete for the same cores)
-and a bare FastAPI app that returns the same JSON without doing anything, both as uvicorn
+Starts `stillmotion serve --workers 0` twice (API only: rendering would compete for the same
+cores), with billing off and with billing on (all submits holding on one account), and a bare
+FastAPI app that returns the same JSON without doing anything, both as uvicorn
 subprocesses pinned to one core, then drives each with the same load generators on the other
 core: httpx in this process, and `wrk` when installed. Each round measures bare and
 stillmotion back to back; it prints the medians of requests/s, p50 and p99 latency, and the
-median of the rounds' stillmotion / bare ratios. Targets: submit >= 0.5x, query >= 0.7x.
+median of the rounds' ratios. Targets: submit >= 0.5x bare, query >= 0.7x bare; with billing
+on, submit >= 0.5x bare and >= 0.8x billing off.
 It only prints; it never fails.
 """
 
@@ -152,24 +154,31 @@ def pin_client() -> None:
         os.sched_setaffinity(0, set(cores[:-1]))
 
 
-def start_stillmotion(data_dir: str, port: int) -> tuple[subprocess.Popen[bytes], str]:
+def _cli(env: dict[str, str], *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "stillmotion", *args], env=env, capture_output=True, check=True
+    )
+    return out.stdout.decode().strip()
+
+
+def start_stillmotion(
+    data_dir: str, port: int, billing: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`stillmotion serve --workers 0` and a key. With ``billing``: billing on, and the key's
+    account funded for far more than the run submits, so every submit takes a hold on that
+    one account (the contended case: each group commit locks its row)."""
     env = {
         **os.environ,
         "STILLMOTION_DATA_DIR": data_dir,
         "STILLMOTION_PORT": str(port),
         "STILLMOTION_WORKERS": "0",
         "STILLMOTION_LOG_LEVEL": "warning",
+        "STILLMOTION_BILLING": "on" if billing else "off",
     }
-    key = (
-        subprocess.run(
-            [sys.executable, "-m", "stillmotion", "keys", "create", "--name", "bench"],
-            env=env,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .strip()
-    )
+    os.makedirs(data_dir, exist_ok=True)
+    account = ["--account", _cli(env, "accounts", "create", "--name", "bench",
+                                 "--balance", "1000000000")] if billing else []  # fmt: skip
+    key = _cli(env, "keys", "create", "--name", "bench", *account)
     proc = subprocess.Popen([sys.executable, "-m", "stillmotion", "serve"], env=env,
                             preexec_fn=pin_server)  # fmt: skip
     return proc, key
@@ -218,34 +227,44 @@ def _parse_wrk(text: str) -> tuple[float, float, float]:
     return rps, p50, p99
 
 
+SERVERS = ("bare", "stillmotion", "billing")
+
+
 def run_all(args: argparse.Namespace, generators: list[str]) -> dict[str, list[Any]]:
-    """Both servers run side by side (on the same core); each round measures bare then
-    stillmotion back to back, so a change in the shared machine's speed hits both alike."""
+    """The three servers run side by side (on the same core): the bare app, stillmotion with
+    billing off and with billing on. Each round measures them back to back, so a change in the
+    shared machine's speed hits all alike."""
     results: dict[str, list[Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        bare_port, port = free_port(), free_port()
+        bare_port = free_port()
         bare = subprocess.Popen(
             [sys.executable, __file__, "--bare-server", str(bare_port)], preexec_fn=pin_server
         )
-        proc, key = start_stillmotion(tmp, port)
-        bare_base, base = f"http://127.0.0.1:{bare_port}", f"http://127.0.0.1:{port}"
-        headers = {"Authorization": f"Bearer {key}"}
+        procs = [bare]
+        targets: dict[str, tuple[str, dict[str, str], str]] = {}
         try:
-            wait_up(bare_base, bare)
-            wait_up(base, proc)
-            task_id = httpx.post(
-                base + "/task/bailian/image2video", json=SUBMIT_BODY, headers=headers
-            ).json()["output"]["task_id"]
+            for name in SERVERS[1:]:
+                port = free_port()
+                proc, key = start_stillmotion(f"{tmp}/{name}", port, billing=name == "billing")
+                procs.append(proc)
+                targets[name] = (f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}, "")
+            wait_up(f"http://127.0.0.1:{bare_port}", bare)
+            targets["bare"] = (f"http://127.0.0.1:{bare_port}", {}, "t")
+            for name in SERVERS[1:]:
+                base, headers, _ = targets[name]
+                wait_up(base, procs[SERVERS.index(name)])
+                task_id = httpx.post(
+                    base + "/task/bailian/image2video", json=SUBMIT_BODY, headers=headers
+                ).json()["output"]["task_id"]
+                targets[name] = (base, headers, task_id)
             for _ in range(args.rounds):
                 for gen in generators:
-                    results.setdefault(f"{gen}/bare", []).append(
-                        run_generator(gen, bare_base, {}, "t", args)
-                    )
-                    results.setdefault(f"{gen}/stillmotion", []).append(
-                        run_generator(gen, base, headers, task_id, args)
-                    )
+                    for name in SERVERS:
+                        results.setdefault(f"{gen}/{name}", []).append(
+                            run_generator(gen, *targets[name], args)
+                        )
         finally:
-            for p in (bare, proc):
+            for p in procs:
                 p.terminate()
                 p.wait()
     return results
@@ -286,11 +305,21 @@ def main() -> None:
     report(run_all(args, generators), args, generators)
 
 
+#: (endpoint, server, baseline server, target ratio of their throughputs)
+TARGETS = (
+    ("submit", "stillmotion", "bare", 0.5),
+    ("query", "stillmotion", "bare", 0.7),
+    ("submit", "billing", "bare", 0.5),
+    ("submit", "billing", "stillmotion", 0.8),
+)
+
+
 def report(results: dict[str, list[Any]], args: argparse.Namespace, generators: list[str]) -> None:
     print(
         f"loopback, {args.concurrency} concurrent connections, {args.rounds} interleaved rounds "
         f"of {args.seconds:.0f} s per run, {os.cpu_count()} cores (servers pinned to one, load "
-        "generator on the other); medians over the rounds"
+        "generator on the other); medians over the rounds. stillmotion: billing off; billing: "
+        "billing on, every submit a hold on one account"
     )
     if "wrk" not in generators:
         print("(wrk not found: only the Python load generator ran; apt-get install wrk)")
@@ -299,20 +328,19 @@ def report(results: dict[str, list[Any]], args: argparse.Namespace, generators: 
     )
     for gen in generators:
         for what in ("submit", "query"):
-            for server in ("bare", "stillmotion"):
+            for server in SERVERS:
                 runs = [r[what] for r in results[f"{gen}/{server}"]]
                 rps, p50, p99 = (statistics.median(col) for col in zip(*runs, strict=True))
                 print(f"{gen:<8} {what:<8} {server:<12} {rps:8.0f} {p50:8.2f} {p99:8.2f}")
-    targets = {"submit": 0.5, "query": 0.7}
     for gen in generators:
-        for what, target in targets.items():
-            pairs = zip(results[f"{gen}/stillmotion"], results[f"{gen}/bare"], strict=True)
-            ratios = [ours[what][0] / bare[what][0] for ours, bare in pairs]
+        for what, server, base, target in TARGETS:
+            pairs = zip(results[f"{gen}/{server}"], results[f"{gen}/{base}"], strict=True)
+            ratios = [ours[what][0] / theirs[what][0] for ours, theirs in pairs]
             ratio = statistics.median(ratios)
             verdict = "PASS" if ratio >= target else "FAIL"
             rounds = " ".join(f"{r:.2f}" for r in ratios)
             print(
-                f"{gen}: {what} throughput ratio stillmotion/bare: {ratio:.2f} "
+                f"{gen}: {what} throughput ratio {server}/{base}: {ratio:.2f} "
                 f"(target >= {target}) {verdict}   [rounds: {rounds}]"
             )
 

@@ -11,6 +11,8 @@ from fastapi import FastAPI
 from stillmotion import __version__
 from stillmotion.api import (
     openapi,
+    routes_account,
+    routes_admin,
     routes_bailian,
     routes_dashscope,
     routes_files,
@@ -77,6 +79,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         default_response_class=JSONResponse,
         docs_url=None,  # served by openapi.install(), from packaged files instead of a CDN
         redoc_url=None,
+        openapi_tags=openapi.TAGS,
     )
     if runtime is not None:
         app.state.runtime = runtime
@@ -88,6 +91,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(routes_files.router)
     app.include_router(routes_system.router)
     app.include_router(routes_web.router)
+    app.include_router(routes_account.router)
+    app.include_router(routes_admin.router)
     openapi.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLogMiddleware)  # outermost of ours: it sees 413s too

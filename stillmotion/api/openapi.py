@@ -41,6 +41,23 @@ DOCS_CSP = (
 )
 ASYNC_HEADER = "x-dashscope-async"
 
+#: the document's tags, in the order the docs pages show them
+TAGS: list[dict[str, Any]] = [
+    {"name": "bailian", "description": "The reseller-shaped task API: submit, query, cancel."},
+    {"name": "dashscope", "description": "The same service under DashScope's own paths."},
+    {"name": "account", "description": "The caller's account: balance, limits and usage."},
+    {"name": "web", "description": "The web playground's task list."},
+    {"name": "files", "description": "Signed downloads of results."},
+    {"name": "system", "description": "Health and the model catalog with its prices."},
+    {
+        "name": "admin",
+        "description": "The operator's API (an admin key only: `stillmotion keys create "
+        "--admin`, or a key made here with `admin: true`): accounts, top-ups and adjustments, "
+        "limits, keys, the ledger, and usage of any account. An ordinary key is 403 "
+        "`AccessDenied`.",
+    },
+]
+
 ERRORS = {
     400: "`InvalidParameter` (or a more precise 400 code): a body, path or query value breaks "
     "the rules; the message names the field.",

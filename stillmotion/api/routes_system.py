@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from stillmotion import __version__, catalog
 from stillmotion.api.deps import RuntimeDep
@@ -42,13 +42,27 @@ async def healthz(runtime: RuntimeDep) -> Any:
 
 @router.get(
     "/v1/models",
-    summary="The model catalog",
+    summary="The model catalog, with per-second prices",
+    description="No key needed: without one the prices are the list prices (times "
+    "`STILLMOTION_PRICE_MULTIPLIER`); with `Authorization: Bearer <key>` they are the key's "
+    "account's (its price group applied), and an unknown or revoked key is 401 "
+    "`InvalidApiKey` as on every route.",
     responses={200: {"model": ModelList}, **error_responses(500)},
 )
-async def models(runtime: RuntimeDep) -> Any:
+async def models(request: Request, runtime: RuntimeDep) -> Any:
+    group = None
+    authorization = request.headers.get("authorization")
+    if authorization:  # optional: an absent (or empty) header is the list price
+        group = (await runtime.keys.verify(authorization)).price_group
+    prices = runtime.service.prices
     data = []
     for spec in catalog.MODELS.values():
         item = spec.to_json()
         item["engine"] = runtime.service.engine_for(spec.name)
+        item["price"] = {
+            "currency": prices.currency,
+            "price_group": group,
+            "per_second": prices.table(spec, group),
+        }
         data.append(item)
     return {"object": "list", "data": data}

@@ -11,8 +11,10 @@ from fastapi.responses import FileResponse
 from stillmotion.api.deps import KeyDep, RuntimeDep
 from stillmotion.api.openapi import SECURED, error_responses
 from stillmotion.api.render import TaskRenderer
+from stillmotion.api.routes_account import money_or_none, seconds_text
 from stillmotion.api.schemas import TaskSummaryList
 from stillmotion.errors import NotFound
+from stillmotion.money import format_micros
 from stillmotion.tasks.store import TaskRow
 
 router = APIRouter(tags=["web"])
@@ -70,6 +72,9 @@ def task_summary(renderer: TaskRenderer, row: TaskRow) -> dict[str, Any]:
         "duration": row.request.get("duration"),
     }
     item.update({k: out[k] for k in _COPIED if k in out})
+    item["quote"] = format_micros(row.quote)
+    item["cost"] = money_or_none(row.cost)
+    item["billed_seconds"] = None if row.billed_ms is None else seconds_text(row.billed_ms)
     return item
 
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stillmotion.tasks import ledger
-from stillmotion.tasks.rows import AccountRow, Limits
+from stillmotion.tasks.rows import AccountRow, ApiKeyRow, Limits
 from stillmotion.tasks.schema import accounts, api_keys, tasks
 from stillmotion.tasks.schema import ledger as ledger_table
 
@@ -113,6 +113,27 @@ class Accounts:
         async with self._read.connect() as conn:
             row = (await conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id))).first()
         return Limits.from_row(row._mapping) if row else None
+
+    async def keys(self, account_id: str) -> list[ApiKeyRow]:
+        """The account's keys, revoked ones too, oldest first."""
+        query = (
+            sa.select(api_keys)
+            .where(api_keys.c.account_id == account_id)
+            .order_by(api_keys.c.created_at, api_keys.c.id)
+        )
+        async with self._read.connect() as conn:
+            return [ApiKeyRow.from_row(r._mapping) for r in await conn.execute(query)]
+
+    async def key(self, key_id: str) -> ApiKeyRow | None:
+        """One key by id (revoked or not), with its account's price group."""
+        query = (
+            sa.select(api_keys, accounts.c.price_group)
+            .select_from(api_keys.outerjoin(accounts, accounts.c.id == api_keys.c.account_id))
+            .where(api_keys.c.id == key_id)
+        )
+        async with self._read.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return ApiKeyRow.from_row(row._mapping) if row else None
 
     async def entries(self, account_id: str, limit: int = 100) -> list[dict[str, Any]]:
         query = (

@@ -1,6 +1,7 @@
 // stillmotion playground: plain JS against the service's own API (same origin).
 // Catalog: GET /v1/models; submit: POST /task/bailian/image2video; poll: GET /task/{id};
-// history: GET /v1/tasks. The key lives in localStorage and is sent as a Bearer token.
+// history: GET /v1/tasks; balance: GET /v1/account. The key lives in localStorage and is sent
+// as a Bearer token (also to /v1/models, whose prices are then the caller's own).
 
 const KEY_STORAGE = "stillmotion.apiKey";
 const IMAGE_MIMES = ["image/jpeg", "image/png", "image/bmp", "image/webp"];
@@ -22,6 +23,13 @@ const state = {
   models: [], model: null, image: null,
   task: null, pollTimer: 0, clockTimer: 0, startedAt: 0,
   listOffset: 0,
+  account: null, accountSeq: 0, catalogSeq: 0, listLoad: null,
+};
+// refusals that are about the account, not a field: shown next to the submit button
+const SUBMIT_CODES = {
+  Arrearage: "Balance too low",
+  "Throttling.RateQuota": "Too many submits",
+  "Throttling.AllocationQuota": "Limit reached",
 };
 
 class ApiError extends Error {
@@ -30,6 +38,37 @@ class ApiError extends Error {
     this.status = status;
     this.code = code;
   }
+}
+
+// ---------------------------------------------------------------- money
+
+// Amounts are exact, as in stillmotion/money.py: the API's decimal strings become BigInt
+// micros (millionths of the currency) and back; no amount ever passes through a float.
+const SCALE = 1000000n;
+
+function toMicros(text) {
+  const match = /^(-?)(\d+)(?:\.(\d{1,6}))?$/.exec(String(text ?? "").trim());
+  if (!match) return null;
+  const micros = BigInt(match[2]) * SCALE + BigInt((match[3] || "").padEnd(6, "0"));
+  return match[1] ? -micros : micros;
+}
+
+// 3000000n -> "3.00", 595000n -> "0.595": at least two decimals, more only where they matter
+function formatMicros(micros) {
+  const abs = micros < 0n ? -micros : micros;
+  const frac = (abs % SCALE).toString().padStart(6, "0").replace(/0+$/, "").padEnd(2, "0");
+  return `${micros < 0n ? "-" : ""}${abs / SCALE}.${frac}`;
+}
+
+function money(text) {
+  const micros = toMicros(text);
+  return micros === null ? null : `${formatMicros(micros)} ${currency()}`;
+}
+
+function currency() {
+  if (state.account && state.account.currency) return state.account.currency;
+  const priced = state.models.find((m) => m.price && m.price.currency);
+  return priced ? priced.price.currency : "CNY";
 }
 
 // ---------------------------------------------------------------- API
@@ -78,7 +117,10 @@ function showError(field, message) {
 }
 
 function clearErrors(scope) {
-  scope.querySelectorAll("[data-error-for]").forEach((slot) => { slot.textContent = ""; });
+  scope.querySelectorAll("[data-error-for]").forEach((slot) => {
+    slot.textContent = "";
+    delete slot.dataset.code;
+  });
   [scope, ...scope.querySelectorAll(".invalid")].forEach((el) => el.classList.remove("invalid"));
 }
 
@@ -98,6 +140,8 @@ async function saveKey(event) {
   if (!value) return showError("key", "Paste an API key (stillmotion keys create --name NAME).");
   localStorage.setItem(KEY_STORAGE, value);
   renderKey();
+  loadAccount();
+  loadPrices();
   await loadTasks(true);
 }
 
@@ -108,18 +152,97 @@ function forgetKey() {
   $("tasks-empty").hidden = false;
   $("task-total").textContent = "";
   $("more").hidden = true;
+  loadAccount();
+  loadPrices();
+}
+
+// ---------------------------------------------------------------- account
+
+async function loadAccount() {
+  const seq = ++state.accountSeq;  // only the latest answer is shown
+  let account = null;
+  if (apiKey()) {
+    try {
+      account = await api("/v1/account");
+    } catch {
+      account = null;  // a bad key is reported by the task list; no balance line then
+    }
+  }
+  if (seq !== state.accountSeq) return;
+  state.account = account;
+  renderAccount();
+  updatePrice();
+}
+
+// Billing on: "Available: 97.00 CNY (held 3.00)", what a submit can still be quoted against.
+// Billing off nothing is held or charged, so the line says so next to the balance instead of
+// presenting the amount as money at stake; prices and costs are still shown (what it would
+// have cost).
+function renderAccount() {
+  const box = $("account");
+  const acct = state.account;
+  const available = acct && toMicros(acct.available);
+  if (!acct || available === null) {
+    box.hidden = true;
+    box.replaceChildren();
+    return;
+  }
+  const amount = Object.assign(document.createElement("strong"), {
+    id: "balance", textContent: money(acct.available),
+  });
+  box.dataset.billing = acct.billing;
+  if (acct.billing === "on") {
+    const held = toMicros(acct.held);
+    const tail = held ? ` (held ${formatMicros(held)})` : "";
+    box.replaceChildren("Available: ", amount, tail);
+  } else {
+    box.replaceChildren("Balance: ", amount, " · billing off: nothing is held or charged");
+  }
+  box.hidden = false;
 }
 
 // ---------------------------------------------------------------- catalog and controls
 
+// With a key the catalog's prices are the caller's (price group); an unknown key gets the list.
+async function fetchCatalog() {
+  if (apiKey()) {
+    try {
+      return (await api("/v1/models")).data;
+    } catch (err) {
+      if (err.status !== 401) throw err;
+    }
+  }
+  return (await api("/v1/models", { auth: false })).data;
+}
+
 async function loadCatalog() {
+  const seq = ++state.catalogSeq;
+  let models;
   try {
-    state.models = (await api("/v1/models", { auth: false })).data;
+    models = await fetchCatalog();
   } catch (err) {
     return showError("model", `Could not load the model catalog: ${err.message}`);
   }
+  if (seq !== state.catalogSeq && state.models.length) return;
+  state.models = models;
   $("model").replaceChildren(...state.models.map((m) => new Option(m.id, m.id)));
   selectModel(state.models[0].id);
+}
+
+// The key changed: take the new prices, keep the form as it is.
+async function loadPrices() {
+  if (!state.models.length) return loadCatalog();
+  const seq = ++state.catalogSeq;
+  let models;
+  try {
+    models = await fetchCatalog();
+  } catch {
+    return;
+  }
+  if (seq !== state.catalogSeq) return;
+  const prices = new Map(models.map((m) => [m.id, m.price]));
+  state.models.forEach((m) => { m.price = prices.get(m.id); });
+  updatePrice();
 }
 
 function segmented(container, name, values, selected, label = (v) => v) {
@@ -168,6 +291,55 @@ function durationValue() {
   return Number(range ? range.value : checkedValue("duration"));
 }
 
+function audioValue(model) {
+  return model.audio === "optional" ? $("audio").checked : model.audio !== "never";
+}
+
+// Micros per output second for the model, tier and audio choice (a model without a silent
+// price has only "audio", and one without audio only "silent"); null when not priced.
+function pricePerSecond(model, resolution, audio) {
+  const row = model.price && model.price.per_second && model.price.per_second[resolution];
+  if (!row) return null;
+  return toMicros(audio ? (row.audio ?? row.silent) : (row.silent ?? row.audio));
+}
+
+// "This video: 5 s × 0.60 = 3.00 CNY": what the service quotes (price × requested seconds).
+function updatePrice() {
+  const box = $("price");
+  const model = state.model;
+  const res = checkedValue("resolution");
+  const seconds = durationValue();
+  const per = model && res ? pricePerSecond(model, res, audioValue(model)) : null;
+  if (per === null || !Number.isInteger(seconds) || seconds <= 0) {
+    box.hidden = true;
+    box.replaceChildren();
+    return;
+  }
+  const total = per * BigInt(seconds);
+  const cur = (model.price && model.price.currency) || currency();
+  const parts = [
+    `This video: ${seconds} s × ${formatMicros(per)} = `,
+    Object.assign(document.createElement("strong"), {
+      id: "price-total", textContent: `${formatMicros(total)} ${cur}`,
+    }),
+  ];
+  const acct = state.account;
+  const available = acct && toMicros(acct.available);
+  const short = acct && acct.billing === "on" && available !== null && available < total;
+  if (short) parts.push(note(`more than the ${formatMicros(available)} ${cur} available`));
+  else if (acct && acct.billing === "off") parts.push(note("not charged: billing off"));
+  box.classList.toggle("short", Boolean(short));
+  box.dataset.micros = String(total);
+  box.replaceChildren(...parts);
+  box.hidden = false;
+}
+
+function note(text) {
+  return Object.assign(document.createElement("span"), {
+    className: "price-note", textContent: text,
+  });
+}
+
 function selectModel(id) {
   const model = state.models.find((m) => m.id === id);
   state.model = model;
@@ -188,6 +360,7 @@ function selectModel(id) {
   $("negative-prompt").maxLength = model.negative_prompt_max;
   updateCounts();
   updateSizeInfo();
+  updatePrice();
 }
 
 function updateCounts() {
@@ -311,15 +484,33 @@ async function submit(event) {
     const body = await api("/task/bailian/image2video", { method: "POST", body: requestBody() });
     openTask(body.output.task_id, body);
     loadTasks(true);
+    loadAccount();
     if (matchMedia("(max-width: 860px)").matches) {
       $("result").scrollIntoView({ behavior: "smooth", block: "start" });
     }
   } catch (err) {
-    showError(fieldFor(err), err.message);
+    if (SUBMIT_CODES[err.code] || err.code.startsWith("Throttling")) {
+      showSubmitError(err);
+      loadAccount();
+    } else {
+      showError(fieldFor(err), err.message);
+    }
   } finally {
     button.disabled = false;
     button.textContent = "Generate video";
   }
+}
+
+// An account refusal (balance, rate, limits) sits next to the button; the next submit clears
+// it (clearErrors) and only another refusal brings it back.
+function showSubmitError(err) {
+  const slot = $("submit-error");
+  const label = SUBMIT_CODES[err.code] || "Throttled";
+  slot.replaceChildren(
+    Object.assign(document.createElement("strong"), { textContent: `${label} (${err.code})` }),
+    `: ${err.message}`,
+  );
+  slot.dataset.code = err.code;
 }
 
 // ---------------------------------------------------------------- the current task
@@ -402,6 +593,10 @@ function finish(output) {
     $("result-message").textContent = why;
   }
   refreshListItem(output);
+  if (output) {
+    loadAccount();  // the hold became a charge (or was released)
+    refreshListItems();  // the cost is in the list once the task ended
+  }
 }
 
 function showVideo(url, taskId) {
@@ -428,7 +623,13 @@ async function cancelTask() {
 
 // ---------------------------------------------------------------- recent tasks
 
-async function loadTasks(reset) {
+// the list's latest load: a refresh after a task ended waits for it, so it is not overwritten
+function loadTasks(reset) {
+  state.listLoad = fetchTasks(reset);
+  return state.listLoad;
+}
+
+async function fetchTasks(reset) {
   if (!apiKey()) return;
   if (reset) state.listOffset = 0;
   clearErrors($("tasks").parentElement);
@@ -466,9 +667,41 @@ function taskItem(task) {
     textContent: [task.model, task.resolution, task.duration && `${task.duration} s`,
       task.submit_time && task.submit_time.slice(5, 16)].filter(Boolean).join(" · "),
   });
+  const charge = chargeText(task);
+  if (charge) {
+    meta.append(" · ", Object.assign(document.createElement("span"), {
+      className: "cost", textContent: charge,
+    }));
+  }
   button.append(pill, prompt, meta);
   li.append(button);
   return li;
+}
+
+// "cost 3.00 CNY" once the task ended (with billing off: what it would have cost), its
+// "quote 3.00 CNY" while it waits or runs
+function chargeText(task) {
+  const cost = task.cost != null && money(task.cost);
+  if (cost) return `cost ${cost}`;
+  const quote = !TERMINAL.has(task.task_status) && task.quote != null && money(task.quote);
+  return quote ? `quote ${quote}` : "";
+}
+
+// Re-render the listed tasks of the first page in place (status, cost), keeping later pages.
+async function refreshListItems() {
+  if (!apiKey()) return;
+  await state.listLoad;
+  let page;
+  try {
+    page = await api(`/v1/tasks?limit=${PAGE}&offset=0`);
+  } catch {
+    return;
+  }
+  page.data.forEach((task) => {
+    const li = document.querySelector(`#tasks li[data-task-id="${CSS.escape(task.task_id)}"]`);
+    if (li) li.replaceWith(taskItem(task));
+  });
+  markOpen();
 }
 
 function markOpen() {
@@ -514,6 +747,7 @@ function wire() {
   $("forget-key").addEventListener("click", forgetKey);
   $("model").addEventListener("change", (e) => selectModel(e.target.value));
   $("resolutions").addEventListener("change", updateSizeInfo);
+  ["input", "change"].forEach((type) => $("generate-form").addEventListener(type, updatePrice));
   $("prompt").addEventListener("input", updateCounts);
   $("negative-prompt").addEventListener("input", updateCounts);
   $("generate-form").addEventListener("submit", submit);
@@ -532,4 +766,5 @@ function wire() {
 wire();
 renderKey();
 loadCatalog();
+loadAccount();
 loadTasks(true);
