@@ -69,6 +69,10 @@ class PriceList:
     #: ``{"wan2.6-i2v.720P": Decimal, "wan2.6-i2v-flash.720P.silent": Decimal}``
     overrides: Mapping[str, Decimal] = field(default_factory=dict)
     groups: Mapping[str, Decimal] = field(default_factory=dict)
+    #: effective prices already worked out (Decimal arithmetic is slow on the submit path)
+    _known: dict[tuple[str, str, bool, str | None], int] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def list_price(self, spec: ModelSpec, resolution: str, audio: bool) -> Decimal:
         """Per second before multiplier and group: an override, else the catalog's."""
@@ -80,8 +84,14 @@ class PriceList:
 
     def price(self, spec: ModelSpec, resolution: str, audio: bool, group: str | None) -> int:
         """Micros per output second for a caller in ``group`` (``None``: no group)."""
-        factor = self.multiplier * self.group_factor(group)
-        return _round(self.list_price(spec, resolution, audio) * factor)
+        key = (spec.name, resolution, audio, group)
+        known = self._known.get(key)
+        if known is None:
+            factor = self.multiplier * self.group_factor(group)
+            known = _round(self.list_price(spec, resolution, audio) * factor)
+            if len(self._known) < 4096:  # groups are few; a bound all the same
+                self._known[key] = known
+        return known
 
     def group_factor(self, group: str | None) -> Decimal:
         if group is None or group == "":

@@ -114,3 +114,21 @@ def test_routes_parse_and_fail_clearly() -> None:
         resolve_routes(Settings(routes="wan9=motion"))
     with pytest.raises(ConfigurationError, match="MODEL=ENGINE"):
         resolve_routes(Settings(routes="wan2.6-i2v"))
+
+
+def test_uuid4_text_is_a_random_uuid_and_pools_are_per_process() -> None:
+    import multiprocessing
+    import uuid as uuid_mod
+
+    from stillmotion.ids import random_bytes, uuid4_text
+
+    ids = [uuid4_text() for _ in range(2000)]  # more than one 4 KB pool
+    assert len(set(ids)) == 2000
+    parsed = [uuid_mod.UUID(i) for i in ids]
+    assert {(u.version, u.variant) for u in parsed} == {(4, uuid_mod.RFC_4122)}
+    assert all(str(u) == i for u, i in zip(parsed, ids, strict=True))
+    random_bytes(1)  # this process's pool is filled; a forked child must not reuse it
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        child = pool.apply(random_bytes, (16,))
+    assert child != random_bytes(16)

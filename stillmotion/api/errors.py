@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stillmotion.api.responses import JSONResponse
 from stillmotion.errors import ServiceError, TooLarge
+from stillmotion.ids import uuid4_text
 
 log = logging.getLogger("stillmotion.api")
 
@@ -40,7 +41,7 @@ def request_id(request: Request) -> str:
     state = _state(request)
     rid = state.get("request_id")
     if rid is None:
-        rid = state["request_id"] = str(uuid.uuid4())
+        rid = state["request_id"] = uuid4_text()
     return str(rid)
 
 

@@ -61,7 +61,9 @@ class Ask:
     quote: int
     hold: bool  # billing on: reserve the quote
     currency: str = "CNY"
-    detail: str = ""  # how the quote was made, e.g. "5 s at 1.00 CNY/s"
+    #: how the quote was made (said only in a refusal): ``seconds`` at ``price`` a second
+    price: int = 0
+    seconds: float = 0
 
 
 def _rate(holder: Holder, now: float) -> ServiceError | None:
@@ -99,7 +101,7 @@ def _balance(account: Holder, ask: Ask) -> ServiceError | None:
     if not ask.hold or account.available >= ask.quote:
         return None
     cur = ask.currency
-    how = f" ({ask.detail})" if ask.detail else ""
+    how = f" ({ask.seconds:g} s at {format_micros(ask.price)} {cur}/s)" if ask.price else ""
     return Arrearage(
         f"Insufficient balance: this task's quote is {format_micros(ask.quote)} {cur}{how} "
         f"and the account's available balance is {format_micros(account.available)} {cur}. "

@@ -26,7 +26,8 @@ import sqlalchemy as sa
 
 from stillmotion.domain import CANCELABLE, MediaRef, TaskStatus, is_clean_text
 from stillmotion.errors import InvalidParameter, UnsupportedOperation
-from stillmotion.money import PriceList, cost_micros, format_micros
+from stillmotion.ids import random_bytes
+from stillmotion.money import PriceList, cost_micros
 from stillmotion.storage.base import Storage
 from stillmotion.tasks.admission import Ask
 from stillmotion.tasks.body import INLINE_BYTES, parse_body, parse_chunks
@@ -92,7 +93,7 @@ def new_task_id() -> str:
     events' task index instead of landing on a random page of each, so a commit writes fewer
     pages; the random bits keep ids unguessable.
     """
-    rand = int.from_bytes(os.urandom(10), "big")  # 12 bits for rand_a, 62 for rand_b
+    rand = int.from_bytes(random_bytes(10), "big")  # 12 bits for rand_a, 62 for rand_b
     rand_a, rand_b = rand >> 68, rand & ((1 << 62) - 1)
     millis = time.time_ns() // 1_000_000
     return str(uuid.UUID(int=millis << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b))
@@ -203,11 +204,12 @@ class TaskService:
         requested (or default) duration."""
         req = validated.request
         price = self.prices.price(validated.spec, req.resolution, req.audio, key.price_group)
-        quote = cost_micros(price, int(req.duration) * 1000)
-        cur = self.prices.currency
-        detail = f"{req.duration} s at {format_micros(price)} {cur}/s"
+        seconds = int(req.duration)
+        quote = cost_micros(price, seconds * 1000)
         account = key.account_id or key.id
-        return price, Ask(account, key.id, quote, self.billing, cur, detail)
+        return price, Ask(
+            account, key.id, quote, self.billing, self.prices.currency, price, seconds
+        )
 
     async def _replay(self, key: ApiKeyRow, idempotency: tuple[str, str]) -> TaskRow | None:
         seen = await self.store.idempotent_task(key.id, idempotency[0])
