@@ -10,7 +10,6 @@ Errors are ``InvalidParameter`` (400) naming the field and the allowed values.
 from __future__ import annotations
 
 import re
-import secrets
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -21,6 +20,7 @@ from stillmotion import catalog
 from stillmotion.catalog import ModelSpec
 from stillmotion.domain import MediaRef, VideoRequest, is_clean_text
 from stillmotion.errors import EmptyInput, EmptyModel, InvalidParameter, TooLarge
+from stillmotion.ids import random_bytes
 from stillmotion.media.fetch import check_url_syntax
 from stillmotion.media.probe import probe_audio, probe_image
 from stillmotion.tasks.body import SplicedUri, b64decode_gently
@@ -294,7 +294,7 @@ def _shot_type(value: Any, spec: ModelSpec) -> str:
 
 def _seed(value: Any) -> int:
     if value is None:
-        return secrets.randbelow(catalog.SEED_MAX + 1)
+        return int.from_bytes(random_bytes(4)) & catalog.SEED_MAX  # 2**31 values: uniform
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= catalog.SEED_MAX:
         raise InvalidParameter(
             f"parameters.seed: {value!r} is out of range; allowed values: integers from 0 to "
