@@ -21,6 +21,7 @@ from stillmotion.money import MoneyError, PriceList, parse_factors, parse_overri
 from stillmotion.storage.local import LocalStorage
 from stillmotion.storage.signing import UrlSigner, load_or_create_secret
 from stillmotion.tasks.keys import KeyVerifier
+from stillmotion.tasks.notify import Listener
 from stillmotion.tasks.service import TaskService
 from stillmotion.tasks.store import TaskStore
 from stillmotion.worker.housekeeping import HousekeepingConfig
@@ -43,6 +44,7 @@ class Runtime:
     renderer: TaskRenderer
     keys: KeyVerifier
     worker: Worker | None = None
+    listener: Listener | None = None  # PostgreSQL: new work from other processes wakes ours
 
     async def start_worker(
         self, engines: list[str] | None = None, *, dedicated: bool = False
@@ -50,10 +52,16 @@ class Runtime:
         worker = build_worker(self, engines, dedicated=dedicated)
         self.worker = worker
         self.service.set_on_submit(worker.wake)
+        if self.store.dialect == "postgresql":
+            self.listener = Listener(self.store.url, worker.wake)
+            self.listener.start()
         worker.start()
         return worker
 
     async def close(self) -> None:
+        if self.listener is not None:
+            await self.listener.close()
+            self.listener = None
         if self.worker is not None:
             await self.worker.stop()
             self.worker = None

@@ -39,6 +39,7 @@ from stillmotion.errors import ServiceError
 from stillmotion.tasks.admission import Ask, Holder, decide
 from stillmotion.tasks.db import connect_sqlite
 from stillmotion.tasks.ledger import account_deltas, hold_entry
+from stillmotion.tasks.notify import NOTIFY_SQL
 from stillmotion.tasks.schema import idempotency_keys, ledger, task_events, tasks
 
 #: how long an ``Idempotency-Key`` answers with its first task
@@ -181,6 +182,8 @@ def write_batch(db: _Db, items: Sequence[Submit]) -> list[ServiceError | None]:
         return outcomes
     db.insert(tasks, [item.task for item in accepted])
     db.insert(task_events, [item.event for item in accepted])
+    if db.dialect == "postgresql":  # delivered to the listening workers at commit
+        db.run(NOTIFY_SQL, {})
     holds = [
         hold_entry(item.task["id"], item.ask.account_id, item.ask.quote, item.task["created_at"])
         for item in accepted
