@@ -32,7 +32,9 @@ from stillmotion.cli_common import (
     settings_or_exit,
 )
 from stillmotion.cli_generate import generate
+from stillmotion.cli_webhooks import register as register_webhooks
 from stillmotion.config import Settings
+from stillmotion.logfmt import make_formatter
 from stillmotion.runtime import ConfigurationError, build_engines, open_runtime, resolve_routes
 from stillmotion.tasks.keys import create_key
 
@@ -51,6 +53,7 @@ app.add_typer(db_app, name="db")
 app.command("generate")(generate)
 register_accounts(app)
 register_billing(app)
+register_webhooks(app)
 log = logging.getLogger("stillmotion")
 
 PortFile = Annotated[
@@ -76,6 +79,7 @@ def serve(
     import uvicorn
 
     from stillmotion.api.app import create_app
+    from stillmotion.api.draining import DrainingServer
     from stillmotion.api.http_limits import LimitedHttpToolsProtocol
 
     settings = settings_or_exit(config, host=host, port=port, data_dir=data_dir, workers=workers)
@@ -88,16 +92,19 @@ def serve(
         )
     sock = _bind(settings.host, settings.port)  # port 0: the kernel picks a free one
     settings = settings.model_copy(update={"port": int(sock.getsockname()[1])})  # video_urls
-    server = uvicorn.Server(
+    api = create_app(settings)
+    server = DrainingServer(
         uvicorn.Config(
-            create_app(settings),
+            api,
             host=settings.host,
             port=settings.port,
             log_config=None,  # our logging set-up; uvicorn's own lines only from warning up
             log_level=None,
             access_log=False,  # stillmotion.api.access_log writes one line per request
             http=LimitedHttpToolsProtocol,  # a head over 64 KB or 100 headers: 431
-        )
+        ),
+        api,
+        settings.drain_seconds,  # SIGTERM: /readyz 503 and serving on this long, then stop
     )
     _run_server(server, sock, _banner(settings), port_file)
 
@@ -145,9 +152,9 @@ def _run_server(
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()  # stderr
+    handler.setFormatter(make_formatter(settings.log_format))  # text, or JSON lines
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         for chatty in ("uvicorn.error", "alembic"):  # start-up lines: only the banner
             logging.getLogger(chatty).setLevel(logging.WARNING)
@@ -182,11 +189,15 @@ async def _announce(
 def _banner(settings: Settings) -> str:
     engines = ", ".join(sorted(set(resolve_routes(settings).values())))
     worker = f"{settings.workers} at once" if settings.run_worker and settings.workers else "off"
-    return (
+    text = (
         f"stillmotion {__version__} serving on {settings.base_url} "
         f"(data dir: {settings.data_dir.resolve()}; database: {db_label(settings)}; "
         f"engines: {engines}; worker: {worker})"
     )
+    if settings.log_format == "json":  # a JSON line too, whatever the log level
+        record = logging.LogRecord(log.name, logging.INFO, __file__, 0, text, None, None)
+        return make_formatter("json").format(record)
+    return text
 
 
 async def _check_start(settings: Settings) -> None:

@@ -65,8 +65,8 @@ class Settings(BaseSettings):
     )
     allow_private_urls: bool = Field(
         False,
-        description="Let `img_url`/`audio_url` reach loopback, private and link-local addresses "
-        "(local development only).",
+        description="Let `img_url`/`audio_url` and webhook URLs reach loopback, private and "
+        "link-local addresses (local development only).",
     )
     cancel_running: bool = Field(
         False,
@@ -97,6 +97,18 @@ class Settings(BaseSettings):
     )
     fetch_timeout: float = Field(30.0, gt=0, description="Seconds allowed for one media fetch.")
     fetch_max_redirects: int = Field(5, ge=0, description="Redirects followed by a media fetch.")
+    webhook_timeout: float = Field(
+        10.0, gt=0, description="Seconds allowed for one webhook delivery attempt."
+    )
+    webhook_max_age_seconds: float = Field(
+        86400.0, gt=0, description="How long after a task ends its webhooks are retried."
+    )
+    webhook_backoff_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="The first webhook retry's delay; later ones are 6, 24, 120, 360, 720 and "
+        "1440 times it.",
+    )
     key_cache_seconds: float = Field(
         5.0, ge=0, description="How long a verified API key is cached (revocation delay)."
     )
@@ -110,6 +122,25 @@ class Settings(BaseSettings):
         "UTC", description="IANA zone of the task time strings, e.g. `Asia/Shanghai`."
     )
     log_level: str = Field("info", description="Log level of the service.")
+    # -- operations: logs, metrics, draining (docs/operations.md) -------------------------
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`text`: `LEVEL logger: message` lines; `json`: one JSON object per line "
+        "(`time`, `level`, `logger`, `message`, and `request_id`, `task_id`, `key_id` when known).",
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="When set, `GET /metrics` needs `Authorization: Bearer <token>` (401 "
+        "`InvalidApiKey` otherwise); unset: open to anyone who reaches the port.",
+    )
+    drain_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=600,
+        description="On SIGTERM, `serve` stops claiming tasks and answers `GET /readyz` 503 at "
+        "once, keeps serving this many seconds (so a load balancer takes it out), then stops "
+        "accepting, finishes the requests in flight and hands running tasks back.",
+    )
     wan_weights_dir: Path | None = Field(
         None,
         description="Local directory of diffusers-format Wan weights for the `wan` engine "
@@ -241,6 +272,31 @@ class Settings(BaseSettings):
         description="Named price factors an account can be put in (`accounts set --price-group`)"
         ", `NAME=FACTOR` comma-separated (TOML: a `[price_groups]` table), e.g. `vip=0.8`; "
         "applied on top of `price_multiplier`.",
+    )
+    # -- storage and URL signing (docs/deploy.md#storage) --------------------------------
+    storage_url: str | None = Field(
+        None,
+        description="Where inputs and results are kept: `file:///path`, or `s3://bucket/prefix` "
+        "for an S3-compatible store (the `s3` extra); default `<data_dir>/files`.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint of a non-AWS S3-compatible store (MinIO, R2, OSS), e.g. "
+        "`http://127.0.0.1:9000`; credentials come from the standard AWS variables and files.",
+    )
+    s3_region: str | None = Field(None, description="Region of the S3 bucket.")
+    storage_public: Literal["signed", "presigned"] = Field(
+        "signed",
+        description="`signed`: `video_url` is our signed `/files/...` URL, streamed from the "
+        "store by any API process; `presigned`: the store's presigned GET URL (s3:// only).",
+    )
+    signing_secret: SecretStr | None = Field(
+        None,
+        description="The secret that signs `/files` URLs (32+ characters), the same for every API "
+        "process; default: `<data_dir>/signing.key`, created on first start.",
+    )
+    signing_secret_file: Path | None = Field(
+        None, description="A file holding the signing secret (instead of `signing_secret`)."
     )
     config: Path | None = Field(None, description="TOML file read for any of these settings.")
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from stillmotion import catalog
 from stillmotion.api.render import TaskRenderer
@@ -18,6 +19,7 @@ from stillmotion.engines.base import Engine
 from stillmotion.engines.registry import available, create_engine, load_factory
 from stillmotion.errors import ServiceError
 from stillmotion.money import MoneyError, PriceList, parse_factors, parse_overrides
+from stillmotion.storage.base import Storage, StorageUnavailable
 from stillmotion.storage.local import LocalStorage
 from stillmotion.storage.signing import UrlSigner, load_or_create_secret
 from stillmotion.tasks.keys import KeyVerifier
@@ -26,6 +28,7 @@ from stillmotion.tasks.service import TaskService
 from stillmotion.tasks.store import TaskStore
 from stillmotion.worker.housekeeping import HousekeepingConfig
 from stillmotion.worker.runner import RunnerConfig
+from stillmotion.worker.webhooks import WebhookConfig
 from stillmotion.worker.worker import Worker
 
 log = logging.getLogger("stillmotion")
@@ -39,7 +42,7 @@ class ConfigurationError(Exception):
 class Runtime:
     settings: Settings
     store: TaskStore
-    storage: LocalStorage
+    storage: Storage
     service: TaskService
     renderer: TaskRenderer
     keys: KeyVerifier
@@ -65,7 +68,10 @@ class Runtime:
         if self.worker is not None:
             await self.worker.stop()
             self.worker = None
-        await self.store.close()
+        try:
+            await self.store.close()
+        finally:
+            await self.storage.aclose()  # an object store's connection pool
 
 
 def resolve_routes(settings: Settings) -> dict[str, str]:
@@ -109,12 +115,11 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     try:
         if migrate:
             await store.upgrade()
-        secret = load_or_create_secret(data_dir / "signing.key")
+        signer = UrlSigner(signing_secret(settings), settings.base_url, settings.url_ttl_seconds)
+        storage = await open_storage(settings, signer)
     except BaseException:
         await store.close()  # its engines' pools and the batch writer's connection
         raise
-    signer = UrlSigner(secret, settings.base_url, settings.url_ttl_seconds)
-    storage = LocalStorage(data_dir / "files", signer)
     service = TaskService(
         store,
         storage,
@@ -132,6 +137,62 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         renderer=TaskRenderer(storage, settings.time_zone),
         keys=KeyVerifier(store, settings.key_cache_seconds),
     )
+
+
+def signing_secret(settings: Settings) -> bytes:
+    """``signing_secret``, else ``signing_secret_file``, else ``<data_dir>/signing.key`` (made
+    on first start): every API process behind one address must use the same one."""
+    if settings.signing_secret is not None and settings.signing_secret_file is not None:
+        raise ConfigurationError(
+            "set STILLMOTION_SIGNING_SECRET or STILLMOTION_SIGNING_SECRET_FILE, not both"
+        )
+    if settings.signing_secret is not None:
+        secret = settings.signing_secret.get_secret_value().strip().encode()
+        where = "STILLMOTION_SIGNING_SECRET"
+    elif settings.signing_secret_file is not None:
+        path = settings.signing_secret_file.expanduser()
+        where = f"STILLMOTION_SIGNING_SECRET_FILE ({path})"
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigurationError(f"{where} cannot be read: {exc.strerror}") from None
+    else:
+        return load_or_create_secret(settings.data_dir / "signing.key")
+    if len(secret) < 32:
+        raise ConfigurationError(f"{where} is too short: use 32 characters or more")
+    return secret
+
+
+async def open_storage(settings: Settings, signer: UrlSigner) -> Storage:
+    """The store named by ``storage_url`` (default ``<data_dir>/files``); an ``s3://`` bucket
+    is checked here, so a wrong one fails the start."""
+    url = settings.storage_url or ""
+    if settings.storage_public == "presigned" and not url.startswith("s3://"):
+        raise ConfigurationError("STILLMOTION_STORAGE_PUBLIC=presigned needs an s3:// storage_url")
+    if not url:
+        return LocalStorage(settings.data_dir / "files", signer)
+    if url.startswith("file://"):
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ConfigurationError(f"STILLMOTION_STORAGE_URL {url!r} is not file:///path")
+        return LocalStorage(Path(unquote(parts.path)), signer)
+    if not url.startswith("s3://"):
+        raise ConfigurationError(
+            f"STILLMOTION_STORAGE_URL {url!r}: use file:///path or s3://bucket/prefix"
+        )
+    try:
+        from stillmotion.storage.s3 import S3Storage
+
+        return await S3Storage.open(
+            url,
+            signer,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            public=settings.storage_public,
+            url_ttl=settings.url_ttl_seconds,
+        )
+    except StorageUnavailable as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def _motion_options(settings: Settings) -> dict[str, Any]:
@@ -158,7 +219,8 @@ def _dashscope_options(settings: Settings) -> dict[str, Any]:
         "max_poll_failures": settings.dashscope_max_poll_failures,
         "request_timeout": settings.dashscope_request_timeout,
         "allow_private": settings.dashscope_allow_private,
-        "files_root": settings.data_dir / "files",  # where open_runtime's LocalStorage keeps inputs
+        # stored inputs: build_engines hands the engine the runtime's storage instead
+        "files_root": settings.data_dir / "files" if not settings.storage_url else None,
     }
 
 
@@ -206,7 +268,11 @@ ENGINE_OPTIONS: dict[str, Callable[[Settings], dict[str, Any]]] = {
 
 
 def build_engines(
-    settings: Settings, names: list[str] | None = None, *, dedicated: bool = True
+    settings: Settings,
+    names: list[str] | None = None,
+    *,
+    dedicated: bool = True,
+    storage: Storage | None = None,
 ) -> dict[str, Engine]:
     """Create (and so check) the engines; a factory's set-up error fails the start.
 
@@ -224,6 +290,8 @@ def build_engines(
             )
             continue
         options = ENGINE_OPTIONS.get(name, lambda _: {})(settings)
+        if name == "dashscope" and storage is not None:  # the relay re-sends stored inputs
+            options["read_input"] = storage.read_bytes
         try:
             engines[name] = create_engine(name, **options)
         except ServiceError as exc:  # missing extra, weights, keys...
@@ -245,7 +313,7 @@ def build_worker(
     return Worker(
         runtime.store,
         runtime.storage,
-        build_engines(settings, engines, dedicated=dedicated),
+        build_engines(settings, engines, dedicated=dedicated, storage=runtime.storage),
         config,
         concurrency=settings.workers,
         poll_interval=settings.poll_interval,
@@ -255,5 +323,13 @@ def build_worker(
             reap_seconds=settings.lease_seconds / 2,
             sweep_seconds=settings.sweep_interval_seconds,
             orphan_grace_seconds=settings.orphan_grace_seconds,
+        ),
+        render=runtime.renderer.body,
+        webhooks=WebhookConfig(
+            timeout=settings.webhook_timeout,
+            max_age=settings.webhook_max_age_seconds,
+            backoff=settings.webhook_backoff_seconds,
+            poll_interval=max(settings.poll_interval, 0.05),
+            allow_private=settings.allow_private_urls,
         ),
     )

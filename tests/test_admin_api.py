@@ -92,6 +92,11 @@ ROUTES = [
     ("PATCH", "/keys/{key_id}", {"max_pending": 1}),
     ("POST", "/keys/{key_id}/revoke", None),
     ("GET", "/usage", None),
+    ("POST", "/accounts/{account_id}/webhooks", {"url": "https://h.example.com/x"}),
+    ("GET", "/accounts/{account_id}/webhooks", None),
+    ("GET", "/accounts/{account_id}/webhook-secret", None),
+    ("DELETE", "/webhooks/{endpoint_id}", None),
+    ("GET", "/webhook-deliveries", None),
 ]
 
 
@@ -117,7 +122,7 @@ async def test_an_ordinary_key_is_403_and_no_key_401(
 ) -> None:
     """On the caller's own account and key too: an ordinary key changes nothing."""
     own = await runtime.keys.verify(auth["Authorization"])
-    url = A + path.format(account_id=own.account_id, key_id=own.id)
+    url = A + path.format(account_id=own.account_id, key_id=own.id, endpoint_id="we_x")
     resp = await client.request(method, url, json=body, headers=auth)
     assert_error(resp, 403, "AccessDenied", NOT_ADMIN)
     for headers in ({}, bearer("sm-unknown")):
@@ -431,12 +436,16 @@ async def test_every_admin_answer_matches_its_documented_schema(
     account = await new_account(client, admin, balance="3")
     key = await new_key(client, admin, account["id"])
     await client.post(f"{A}/accounts/{account['id']}/top-up", json={"amount": 1}, headers=admin)
+    hook = await client.post(
+        f"{A}/accounts/{account['id']}/webhooks", json={"url": "https://h.example.com/y"},
+        headers=admin,
+    )  # fmt: skip
     calls = [(m, p, b) for m, p, b in ROUTES if p != "/keys/{key_id}/revoke"]
     calls += [("GET", "/v1/account", None), ("GET", "/v1/usage", None)]
     calls += [("POST", "/keys/{key_id}/revoke", None), ("GET", "/accounts/nope", None)]
     statuses = []
     for method, path, body in calls:
-        url = path.format(account_id=account["id"], key_id=key["id"])
+        url = path.format(account_id=account["id"], key_id=key["id"], endpoint_id=hook.json()["id"])
         url = url if url.startswith("/v1/") else A + url
         headers = bearer(key["key"]) if url.startswith("/v1/") else admin
         resp = await client.request(method, url, json=body, headers=headers)
@@ -448,5 +457,5 @@ async def test_every_admin_answer_matches_its_documented_schema(
         schema = answer["content"]["application/json"]["schema"]
         jsonschema.validate(resp.json(), {**schema, "components": doc["components"]})
         statuses.append(resp.status_code)
-    assert statuses.count(201) == 2 and statuses.count(404) == 1
-    assert statuses.count(200) == len(calls) - 3
+    assert statuses.count(201) == 3 and statuses.count(404) == 1
+    assert statuses.count(200) == len(calls) - 4

@@ -34,14 +34,22 @@ ALLOWED: dict[str, frozenset[str]] = {
         "ids": (),
         "errors": (),
         "config": (),
+        # operations: Prometheus metrics and the log context/JSON format (docs/operations.md);
+        # every layer that records or logs may import them
+        "metrics": (),
+        "logfmt": (),
         # the middle (engines/__init__.py: domain, catalog, errors, media and storage)
         "media": ("catalog", "domain", "errors"),
         "storage": ("catalog", "domain", "errors"),
-        "engines": ("catalog", "domain", "errors", "media", "storage"),
-        "tasks": ("catalog", "domain", "errors", "media", "storage", "money", "ids"),
+        "engines": ("catalog", "domain", "errors", "media", "storage", "metrics"),
+        "tasks": (
+            *("catalog", "domain", "errors", "media", "storage", "money", "ids"),
+            *("metrics", "logfmt"),
+        ),
         # the wiring
         "worker": (
             *("catalog", "domain", "errors", "media", "storage", "engines", "tasks", "money"),
+            *("metrics", "logfmt"),
         ),
         # runtime builds the task renderer it hands to the service; nothing else of api
         "runtime": (
@@ -50,7 +58,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         ),
         "api": (
             *("catalog", "domain", "errors", "config", "media", "storage", "engines"),
-            *("tasks", "runtime", "money", "ids"),
+            *("tasks", "runtime", "money", "ids", "metrics", "logfmt"),
         ),
         # the shipped fakes and test helpers: lower layers only; only cli (the
         # ``fake-dashscope`` command), tests and bench import them
@@ -62,9 +70,12 @@ ALLOWED: dict[str, frozenset[str]] = {
         "cli_common": ("config", "runtime", "tasks"),
         "cli_accounts": ("cli_common", "config", "money", "tasks"),
         "cli_billing": ("cli_common", "cli_accounts", "money", "tasks"),
+        "cli_webhooks": ("cli_common", "config", "errors", "tasks"),
         "cli": (
             *("catalog", "domain", "errors", "config", "runtime", "api", "tasks"),
             *("testing", "cli_generate", "cli_common", "cli_accounts", "cli_billing", "money"),
+            "cli_webhooks",
+            *("metrics", "logfmt"),
         ),
         # the console script and ``python -m stillmotion``: tiny on purpose
         "_entry": ("cli",),

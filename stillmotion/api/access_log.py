@@ -5,8 +5,10 @@ A pure ASGI middleware (no per-request objects beyond one closure). When the
 1 µs); when it is, a record is made without logging's caller lookup (about 15 µs a request,
 mostly the handler's write). It logs the path only, never the query string (signed
 ``/files`` URLs carry ``Signature=`` there) nor any header (API keys travel in
-``Authorization``). Paths are logged as the client sent them (percent-encoded), with anything
-unprintable escaped and long ones cut, so a request cannot forge or flood log lines.
+``Authorization``); the record carries the request's ``request_id`` and ``key_id`` (the
+key's id, not the key) as extras, when the request got them. Paths are logged as the client
+sent them (percent-encoded), with anything unprintable escaped and long ones cut, so a
+request cannot forge or flood log lines.
 """
 
 from __future__ import annotations
@@ -45,7 +47,12 @@ class AccessLogMiddleware:
             elapsed_ms = (time.perf_counter() - started) * 1000
             args = (scope["method"], log_path(scope), status, elapsed_ms)
             # log.info() less its caller lookup (a stack walk): a quarter of the line's cost
-            log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, LINE, args, None))
+            record = log.makeRecord(log.name, logging.INFO, __file__, 0, LINE, args, None)
+            state = scope.get("state")
+            if state:  # the ids the request got, for the JSON format (logfmt.py); no secret
+                record.request_id = state.get("request_id")
+                record.key_id = state.get("key_id")
+            log.handle(record)
 
 
 def log_path(scope: Scope) -> str:

@@ -16,6 +16,7 @@ from stillmotion.api import (
     routes_bailian,
     routes_dashscope,
     routes_files,
+    routes_ops,
     routes_system,
     routes_web,
 )
@@ -50,6 +51,16 @@ def freeze_startup_objects() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+def begin_draining(app: FastAPI) -> None:
+    """The first step of a graceful stop (SIGTERM): ``GET /readyz`` answers 503 from now on
+    and the in-process worker stops claiming. Serving goes on; what is in flight finishes,
+    then the lifespan's end hands running tasks back. Idempotent."""
+    app.state.draining = True
+    runtime: Runtime | None = getattr(app.state, "runtime", None)
+    if runtime is not None and runtime.worker is not None:
+        runtime.worker.drain()
+
+
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     """Build the app. With ``runtime`` given the caller owns it; otherwise the lifespan opens
     one from ``settings`` (and starts the worker when ``settings.run_worker``)."""
@@ -69,6 +80,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         try:
             yield
         finally:
+            begin_draining(app)  # already, when `serve` got SIGTERM
             await rt.close()
 
     app = FastAPI(
@@ -90,6 +102,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(routes_dashscope.router)
     app.include_router(routes_files.router)
     app.include_router(routes_system.router)
+    app.include_router(routes_ops.router)
     app.include_router(routes_web.router)
     app.include_router(routes_account.router)
     app.include_router(routes_admin.router)

@@ -34,11 +34,14 @@ async def get_caller(request: Request) -> Caller:
     """Authenticate ``Authorization: Bearer <key>`` (401 ``InvalidApiKey`` otherwise)."""
     runtime = get_runtime(request)
     key = await runtime.keys.verify(request.headers.get("authorization"))
+    request.scope.setdefault("state", {})["key_id"] = key.id  # the access log's (not the key)
     return Caller(runtime, key, request_id(request))
 
 
 async def get_key(request: Request) -> ApiKeyRow:
-    return await get_runtime(request).keys.verify(request.headers.get("authorization"))
+    key = await get_runtime(request).keys.verify(request.headers.get("authorization"))
+    request.scope.setdefault("state", {})["key_id"] = key.id
+    return key
 
 
 RuntimeDep = Annotated[Runtime, Depends(runtime_dep)]

@@ -1,5 +1,6 @@
 """The operator's API under ``/admin/v1``: accounts, their money, limits and keys, the
-ledger, and usage of any account.
+ledger, usage of any account, and completion webhooks (endpoints, callback secrets,
+deliveries: docs/webhooks.md).
 
 Every route needs an admin key (``keys create --admin``, or ``POST .../keys`` with
 ``"admin": true``): no key or an unknown one is 401 ``InvalidApiKey``, an ordinary key 403
@@ -30,6 +31,7 @@ from stillmotion.api.schemas import (
     AccountOut,
     AccountPatch,
     Adjustment,
+    CallbackSecretOut,
     KeyCreate,
     KeyList,
     KeyOut,
@@ -37,7 +39,12 @@ from stillmotion.api.schemas import (
     LimitsPatch,
     Movement,
     NewKeyOut,
+    NewWebhookOut,
     TopUp,
+    WebhookCreate,
+    WebhookDeliveryList,
+    WebhookList,
+    WebhookOut,
 )
 from stillmotion.domain import is_clean_text
 from stillmotion.errors import AccessDenied, InvalidParameter, NotFound
@@ -45,6 +52,7 @@ from stillmotion.money import SCALE, MoneyError, format_micros, to_micros
 from stillmotion.runtime import Runtime
 from stillmotion.tasks.keys import create_key
 from stillmotion.tasks.rows import AccountRow, ApiKeyRow
+from stillmotion.tasks.webhooks import EndpointRow
 
 NOT_ADMIN = "This API key is not an admin key."
 #: the largest single amount taken (a top-up, an adjustment either way, a budget)
@@ -348,3 +356,118 @@ async def usage(
     if account is not None:
         await _account(runtime, account)
     return await answer_usage(request, runtime, account, start, end, group_by)
+
+
+# -- webhooks ------------------------------------------------------------------------------
+
+
+def webhook_json(runtime: Runtime, row: EndpointRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "account_id": row.account_id,
+        "url": row.url,
+        "created_time": runtime.renderer.time_string(row.created_at),
+    }
+
+
+def delivery_json(runtime: Runtime, d: dict[str, Any]) -> dict[str, Any]:
+    when = runtime.renderer.time_string
+    attempts = [
+        {"time": when(a["at"]), "duration_ms": a["duration_ms"],
+         "status_code": a["status_code"], "error": a["error"]}
+        for a in d["attempts"]
+    ]  # fmt: skip
+    return {
+        "id": d["id"],
+        "task_id": d["task_id"],
+        "account_id": d["account_id"],
+        "endpoint_id": d["endpoint_id"],
+        "url": d["url"],
+        "status": d["status"],
+        "created_time": when(d["created_at"]),
+        "next_time": when(d["next_at"]) if d["status"] == "pending" else None,
+        "ended_time": when(d["ended_at"]),
+        "last_status": d["last_status"],
+        "last_error": d["last_error"],
+        "attempts": attempts,
+    }
+
+
+@router.post(
+    "/accounts/{account_id}/webhooks",
+    status_code=201,
+    summary="Register a webhook endpoint for all of an account's tasks (secret shown once)",
+    responses={201: {"model": NewWebhookOut}, **_ERRORS},
+    openapi_extra=SECURED,
+)
+async def create_webhook(runtime: RuntimeDep, account_id: str, body: WebhookCreate) -> Any:
+    await _account(runtime, account_id)
+    try:
+        row, secret = await runtime.store.webhooks.add_endpoint(account_id, body.url)
+    except LookupError:
+        raise NotFound(f"No account {account_id!r}.") from None
+    return {**webhook_json(runtime, row), "secret": secret}
+
+
+@router.get(
+    "/accounts/{account_id}/webhooks",
+    summary="An account's webhook endpoints (never their secrets)",
+    responses={200: {"model": WebhookList}, **_ERRORS},
+    openapi_extra=SECURED,
+)
+async def list_webhooks(runtime: RuntimeDep, account_id: str) -> Any:
+    await _account(runtime, account_id)
+    rows = await runtime.store.webhooks.endpoints(account_id)
+    return {
+        "object": "list",
+        "account_id": account_id,
+        "data": [webhook_json(runtime, r) for r in rows],
+    }
+
+
+@router.delete(
+    "/webhooks/{endpoint_id}",
+    summary="Remove a webhook endpoint (its pending deliveries fail)",
+    responses={200: {"model": WebhookOut}, **_ERRORS},
+    openapi_extra=SECURED,
+)
+async def delete_webhook(runtime: RuntimeDep, endpoint_id: str) -> Any:
+    hooks = runtime.store.webhooks
+    row = await hooks.endpoint(endpoint_id) if is_clean_text(endpoint_id) else None
+    if row is None or not await hooks.remove_endpoint(endpoint_id):
+        raise NotFound(f"No webhook endpoint {endpoint_id!r}.")
+    return webhook_json(runtime, row)
+
+
+@router.get(
+    "/accounts/{account_id}/webhook-secret",
+    summary="The account's callback secret (signs X-Stillmotion-Callback deliveries)",
+    responses={200: {"model": CallbackSecretOut}, **_ERRORS},
+    openapi_extra=SECURED,
+)
+async def callback_secret(runtime: RuntimeDep, account_id: str) -> Any:
+    await _account(runtime, account_id)
+    try:
+        secret = await runtime.store.webhooks.callback_secret(account_id)
+    except LookupError:
+        raise NotFound(f"No account {account_id!r}.") from None
+    return {"account_id": account_id, "secret": secret}
+
+
+@router.get(
+    "/webhook-deliveries",
+    summary="Webhook deliveries, newest first, with their attempts",
+    responses={200: {"model": WebhookDeliveryList}, **_NO_404},
+    openapi_extra=SECURED,
+)
+async def list_deliveries(
+    runtime: RuntimeDep,
+    account: Annotated[str | None, Query(max_length=32, description="An account id.")] = None,
+    task: Annotated[str | None, Query(max_length=36, description="A task id.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Any:
+    for name, value in (("account", account), ("task", task)):
+        if value is not None and not is_clean_text(value):
+            raise InvalidParameter(f"{name} must not contain NUL characters or invalid Unicode.")
+    rows = await runtime.store.webhooks.deliveries(task_id=task, account_id=account, limit=limit)
+    return {"object": "list", "data": [delivery_json(runtime, d) for d in rows]}

@@ -14,6 +14,7 @@ from stillmotion.api.openapi import SECURED, error_responses, submit_extra
 from stillmotion.api.responses import JSONResponse
 from stillmotion.api.schemas import CancelResponse, SubmitResponse, TaskResponse
 from stillmotion.errors import InvalidParameter
+from stillmotion.tasks.webhooks import CALLBACK_HEADER
 
 router = APIRouter(tags=["bailian"])
 HASH_INLINE_BYTES = 256 * 1024
@@ -65,7 +66,9 @@ async def submit_task(request: Request, caller: Caller) -> JSONResponse:
     service = caller.runtime.service
     chunks = await read_body(request)
     idem = await idempotency(request, chunks)
-    row = await service.submit(caller.key, await service.parse(chunks), idempotency=idem)
+    callback = request.headers.get(CALLBACK_HEADER)
+    body = await service.parse(chunks)
+    row = await service.submit(caller.key, body, idempotency=idem, callback=callback)
     output = {"task_id": row.id, "task_status": row.status.value}
     return JSONResponse({"request_id": caller.request_id, "output": output})
 

@@ -130,6 +130,12 @@ class HealthError(BaseModel):
     database: str = Field(description="Why the database did not answer.")
 
 
+class ReadyResponse(BaseModel):
+    status: str = Field(description="`ready`, `draining` (SIGTERM received) or `error`.")
+    database: str | None = Field(None, description="`ok`, or `error: <why>`.")
+    storage: str | None = Field(None, description="`ok`, or `error: <why>`.")
+
+
 class ModelList(BaseModel):
     object: str
     data: list[dict[str, Any]] = Field(
@@ -351,3 +357,64 @@ class KeyCreate(BaseModel):
     model_config = _FORBID
     name: Text = Field(min_length=1, max_length=200)
     admin: bool = Field(False, strict=True, description="An admin key (the `/admin/v1` API).")
+
+
+# -- webhooks (docs/webhooks.md) -------------------------------------------------------------
+
+
+class WebhookCreate(BaseModel):
+    model_config = _FORBID
+    url: Text = Field(
+        min_length=1, max_length=8192, description="An http(s) URL that gets every task's end."
+    )
+
+
+class WebhookOut(BaseModel):
+    id: str
+    account_id: str
+    url: str
+    created_time: str | None = None
+
+
+class NewWebhookOut(WebhookOut):
+    secret: str = Field(
+        description="The signing secret (`whsec_...`, Standard Webhooks): shown only now."
+    )
+
+
+class WebhookList(BaseModel):
+    object: str
+    account_id: str
+    data: list[WebhookOut]
+
+
+class CallbackSecretOut(BaseModel):
+    account_id: str
+    secret: str = Field(description="Signs the callbacks named by `X-Stillmotion-Callback`.")
+
+
+class WebhookAttemptOut(BaseModel):
+    time: str | None
+    duration_ms: float
+    status_code: int | None
+    error: str | None
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: str = Field(description="The `webhook-id` header: the same on every attempt.")
+    task_id: str
+    account_id: str | None
+    endpoint_id: str | None = Field(description="`null`: the submit's callback URL.")
+    url: str
+    status: str = Field(description="pending, delivered or failed.")
+    created_time: str | None
+    next_time: str | None = Field(description="When a pending delivery is tried next.")
+    ended_time: str | None
+    last_status: int | None
+    last_error: str | None
+    attempts: list[WebhookAttemptOut]
+
+
+class WebhookDeliveryList(BaseModel):
+    object: str
+    data: list[WebhookDeliveryOut]

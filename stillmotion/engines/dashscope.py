@@ -17,7 +17,7 @@ import base64
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from stillmotion.errors import (
     EngineCanceled,
     EngineDeferred,
     ModelUnavailable,
+    NotFound,
     PermanentEngineError,
     RetryableEngineError,
 )
@@ -58,11 +59,11 @@ SUBMIT_UNKNOWN = "InternalError.SubmitUnknown"
 UNREACHABLE = "InternalError.Upstream"
 
 
-def _stored_reader(root: Path) -> Callable[[str], bytes]:
-    def read(key: str) -> bytes:
+def _stored_reader(root: Path) -> Callable[[str], Awaitable[bytes]]:
+    async def read(key: str) -> bytes:
         if not key or key.startswith("/") or ".." in key.split("/") or "\\" in key:
             raise PermanentEngineError("a stored input has an invalid key")
-        return (root / key).read_bytes()
+        return await asyncio.to_thread((root / key).read_bytes)
 
     return read
 
@@ -91,7 +92,7 @@ class DashScopeEngine:
         request_timeout: float = 30.0,
         allow_private: bool = False,
         files_root: Path | None = None,
-        read_input: Callable[[str], bytes] | None = None,
+        read_input: Callable[[str], Awaitable[bytes]] | None = None,  # the runtime's storage
         max_connections: int = 256,
     ) -> None:
         try:
@@ -108,6 +109,7 @@ class DashScopeEngine:
         except (TypeError, ValueError) as exc:  # the runtime reports it as a setting error
             raise ModelUnavailable(f"dashscope engine: {exc}") from None
         self.admission = Admission([Channel(c) for c in configs])
+        self._channel_names = {c.base_url: c.name for c in reversed(configs)}  # first wins
         self.max_concurrency = sum(c.max_in_flight for c in configs)
         self.timings = RelayTimings(
             poll_first=poll_first,
@@ -136,7 +138,7 @@ class DashScopeEngine:
     def _client(self) -> UpstreamClient:
         if self._http is None:
             self._http = make_http_client(self.request_timeout, self.max_connections)
-        return UpstreamClient(self._http)
+        return UpstreamClient(self._http, self._channel_names)
 
     def scrub(self, text: str) -> str:
         """``text`` with every configured key blanked out (upstream messages may echo one)."""
@@ -359,7 +361,10 @@ class DashScopeEngine:
             return ref.url
         if not ref.storage_key or not ref.mime or self._read_input is None:
             raise PermanentEngineError("a stored input cannot be read by the relay")
-        data = await asyncio.to_thread(self._read_input, ref.storage_key)
+        try:
+            data = await self._read_input(ref.storage_key)
+        except NotFound:
+            raise PermanentEngineError("a stored input is missing") from None
         return f"data:{ref.mime};base64,{base64.b64encode(data).decode('ascii')}"
 
     # -- the result --------------------------------------------------------------------

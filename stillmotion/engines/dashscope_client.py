@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from stillmotion.metrics import record_relay_call
+
 SUBMIT_PATH = "/services/aigc/video-generation/video-synthesis"
 #: Our per-submit marker: the fake honours it (a repeat returns the same task); DashScope
 #: ignores it. The relay never sends a submit twice either way.
@@ -117,15 +119,27 @@ def _transport_error(exc: httpx.HTTPError, *, may_apply: bool) -> UpstreamError:
 class UpstreamClient:
     """Submit, get, cancel and list against one channel's base URL with one key."""
 
-    def __init__(self, http: httpx.AsyncClient):
+    def __init__(self, http: httpx.AsyncClient, channels: dict[str, str] | None = None):
         self.http = http
+        self.channels = channels or {}  # base URL -> channel name (the metrics' label)
+
+    def _channel(self, url: str) -> str:
+        for base, name in self.channels.items():
+            if url.startswith(base + "/"):
+                return name
+        return httpx.URL(url).host  # a base no channel has: its host, never a query or key
 
     async def _call(
         self, method: str, url: str, key: str, *, may_apply: bool = False, **kwargs: Any
     ) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {key}", **kwargs.pop("headers", {})}
         try:
-            response = await self.http.request(method, url, headers=headers, **kwargs)
+            try:
+                response = await self.http.request(method, url, headers=headers, **kwargs)
+            except httpx.HTTPError:
+                record_relay_call(self._channel(url), "error")
+                raise
+            record_relay_call(self._channel(url), response.status_code)
             if not response.is_success:
                 raise classify(response, may_apply=may_apply)
             body = response.json()

@@ -327,15 +327,27 @@ async def _get_pinned(
 
 
 def _pinned_request(client: httpx.AsyncClient, url: httpx.URL, address: str) -> httpx.Request:
-    headers = {
-        "Host": url.netloc.decode("ascii"),
-        "User-Agent": USER_AGENT,
-        "Accept": "*/*",
-        "Accept-Encoding": "identity",
-    }
+    headers = {"User-Agent": USER_AGENT, "Accept": "*/*", "Accept-Encoding": "identity"}
+    return pinned_request(client, "GET", url, address, headers=headers)
+
+
+def pinned_request(
+    client: httpx.AsyncClient,
+    method: str,
+    url: httpx.URL,
+    address: str,
+    *,
+    headers: dict[str, str],
+    content: bytes | None = None,
+) -> httpx.Request:
+    """A request for ``url`` sent to ``address`` (one :func:`check_host` returned), keeping
+    ``Host`` and TLS SNI/verification on the URL's name (webhook deliveries use it too)."""
+    headers = {"Host": url.netloc.decode("ascii"), **headers}
     extensions = {"sni_hostname": url.raw_host.decode("ascii")} if url.scheme == "https" else {}
     target = url.copy_with(host=address, fragment=None)
-    return client.build_request("GET", target, headers=headers, extensions=extensions)
+    return client.build_request(
+        method, target, headers=headers, content=content, extensions=extensions
+    )
 
 
 async def _get_once(

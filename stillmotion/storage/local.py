@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from stillmotion.errors import NotFound
+from stillmotion.storage.base import CHUNK_BYTES, StoredObject, check_key
 from stillmotion.storage.signing import UrlSigner
 
 
@@ -18,7 +20,7 @@ class LocalStorage:
         root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        if not key or key.startswith("/") or ".." in key.split("/") or "\\" in key:
+        if not check_key(key):
             raise NotFound(f"no such file: {key}")
         return self.root / key
 
@@ -31,10 +33,25 @@ class LocalStorage:
         return await asyncio.to_thread(_write_atomic, dest, data)
 
     def local_path(self, key: str) -> Path:
+        """The stored file itself (local storage only: the files route serves it as is)."""
         path = self._path(key)
         if not path.is_file():
             raise NotFound(f"no such file: {key}")
         return path
+
+    async def fetch_to(self, key: str, dest: Path) -> Path:
+        return self.local_path(key)  # already on this machine: no copy
+
+    async def read_bytes(self, key: str) -> bytes:
+        return await asyncio.to_thread(self.local_path(key).read_bytes)
+
+    async def stat(self, key: str) -> StoredObject:
+        st = self.local_path(key).stat()
+        return StoredObject(size=st.st_size, modified=st.st_mtime)
+
+    async def open_range(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+        path = self.local_path(key)
+        return _read_range(path, start, end)
 
     def signed_url(self, key: str, *, now: float | None = None) -> str:
         return self.signer.url(key, now=now)
@@ -47,6 +64,21 @@ class LocalStorage:
 
     async def delete_prefix(self, prefix: str) -> int:
         return await asyncio.to_thread(_delete_tree, self._path(prefix.rstrip("/")))
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _read_range(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
+    with path.open("rb") as fh:
+        fh.seek(start)
+        left = end - start + 1
+        while left > 0:
+            chunk = await asyncio.to_thread(fh.read, min(CHUNK_BYTES, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
 
 
 def _move_into(src: Path, dest: Path) -> int:

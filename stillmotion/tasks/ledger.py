@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from stillmotion.domain import UPSTREAM_USAGE
 from stillmotion.money import cost_micros
+from stillmotion.tasks import webhooks
 from stillmotion.tasks.schema import accounts, ledger
 
 #: engine-state key a relay sets once upstream reported success (its usage), so that a task
@@ -163,9 +164,14 @@ async def settle_ended(
     conn: AsyncConnection, ended: Iterable[Mapping[Any, Any]], at: float, why: str
 ) -> None:
     """Release the holds of tasks that just ended FAILED or CANCELED (``ended``: rows with
-    :data:`ENDED_COLUMNS`), in the caller's transaction."""
+    :data:`ENDED_COLUMNS`), in the caller's transaction, and write their webhook deliveries
+    to the outbox there too (``tasks/webhooks.py``): every terminal transition settles here
+    or in ``finish_success``'s capture, so none ends without them."""
     entries: list[Entry] = []
+    ids: list[str] = []
     for row in ended:
         task = Ended(**{name: row[name] for name in ENDED_COLUMNS if name in row})
         entries.extend(failed_entries(task, at, why))
+        ids.append(task.id)
     await write(conn, entries)
+    await webhooks.enqueue(conn, ids, at)

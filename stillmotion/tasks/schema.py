@@ -6,6 +6,12 @@ micros) and the limits of their keys; ``ledger`` is the append-only record of ev
 ``held``, so the two columns always equal the sums of the ledger. ``idempotency_keys`` maps a
 key's ``Idempotency-Key`` header to the task it created.
 
+``webhook_endpoints`` are the URLs an account registered for all its tasks (each with its
+signing secret), ``webhook_secrets`` each account's secret for the callbacks its submits name
+(``X-Stillmotion-Callback``), ``webhook_deliveries`` the outbox (a row per endpoint per
+terminal task, written in the terminal transition's transaction) and ``webhook_attempts``
+every POST made for one (``tasks/webhooks.py``).
+
 ``workers`` is the registry of live workers (``tasks/workers.py``): a row per running worker
 process, its heartbeat, and what tells whether its process is still there.
 
@@ -106,6 +112,8 @@ tasks = sa.Table(
     _money("hold", nullable=True),
     _money("cost", nullable=True),
     sa.Column("billed_ms", sa.BigInteger(), nullable=True),
+    # the submit's ``X-Stillmotion-Callback`` (tasks/webhooks.py); NULL: none
+    sa.Column("callback_url", sa.Text(), nullable=True),
     sa.Index("ix_tasks_status_run_after", "status", "run_after"),
     sa.Index("ix_tasks_key_id_status", "key_id", "status"),
     sa.Index("ix_tasks_key_id_created_at", "key_id", "created_at"),
@@ -170,4 +178,66 @@ workers = sa.Table(
     sa.Column("version", sa.String(50), nullable=False),
     _time("started_at"),
     _time("heartbeat_at"),
+)
+
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("account_id", sa.String(32), nullable=False),
+    sa.Column("url", sa.Text(), nullable=False),
+    sa.Column("secret", sa.String(100), nullable=False),
+    _time("created_at"),
+    _time("removed_at", nullable=True),  # removed endpoints stay: their deliveries name them
+    sa.Index("ix_webhook_endpoints_account_id", "account_id"),
+)
+
+webhook_secrets = sa.Table(
+    "webhook_secrets",
+    metadata,
+    sa.Column("account_id", sa.String(32), primary_key=True),
+    sa.Column("secret", sa.String(100), nullable=False),
+    _time("created_at"),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    # the ``webhook-id``: ``msg_<task id>_<endpoint id>`` (``_cb``: the submit's callback)
+    sa.Column("id", sa.String(120), primary_key=True),
+    sa.Column("task_id", sa.String(36), nullable=False),
+    sa.Column("account_id", sa.String(32), nullable=True),
+    sa.Column("endpoint_id", sa.String(32), nullable=True),  # NULL: the submit's callback
+    sa.Column("url", sa.Text(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending, delivered, failed
+    _time("created_at"),
+    _time("next_at"),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
+    sa.Column("claim_id", sa.String(64), nullable=True),
+    _time("lease_until", nullable=True),
+    sa.Column("last_status", sa.Integer(), nullable=True),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    _time("ended_at", nullable=True),
+    sa.Index("ix_webhook_deliveries_status_next_at", "status", "next_at"),
+    sa.Index("ix_webhook_deliveries_task_id", "task_id"),
+    sa.Index("ix_webhook_deliveries_account_id", "account_id"),
+)
+
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column(
+        "delivery_id",
+        sa.String(120),
+        sa.ForeignKey(
+            "webhook_deliveries.id", name="fk_webhook_attempts_delivery_id", ondelete="CASCADE"
+        ),
+        nullable=False,
+    ),
+    _time("at"),
+    sa.Column("duration_ms", sa.Float(precision=53), nullable=False),
+    sa.Column("status_code", sa.Integer(), nullable=True),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Index("ix_webhook_attempts_delivery_id", "delivery_id"),
 )

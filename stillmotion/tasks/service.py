@@ -34,6 +34,7 @@ from stillmotion.tasks.body import INLINE_BYTES, parse_body, parse_chunks
 from stillmotion.tasks.rows import ApiKeyRow
 from stillmotion.tasks.store import TaskRow, TaskStore
 from stillmotion.tasks.validation import Validated, check_submit, decode_media
+from stillmotion.tasks.webhooks import check_callback_url
 
 log = logging.getLogger("stillmotion.tasks")
 T = TypeVar("T")
@@ -155,10 +156,22 @@ class TaskService:
         return await self.off_loop(parse_chunks, chunks)
 
     async def submit(
-        self, key: ApiKeyRow, body: Any, *, idempotency: tuple[str, str] | None = None
+        self,
+        key: ApiKeyRow,
+        body: Any,
+        *,
+        idempotency: tuple[str, str] | None = None,
+        callback: str | None = None,
     ) -> TaskRow:
         """Validate, price and create a task; ``idempotency`` is ``(Idempotency-Key, hash of
-        the body)``: a key seen in the last 24 h answers its first task again."""
+        the body)``: a key seen in the last 24 h answers its first task again. ``callback``:
+        the ``X-Stillmotion-Callback`` header, a URL to POST the finished task to
+        (``tasks/webhooks.py``; checked like ``img_url``, 400 naming the header)."""
+        if callback is not None:
+            try:
+                check_callback_url(callback)
+            except InvalidParameter as exc:  # InvalidURL is the contract's, for its fields
+                raise InvalidParameter(exc.message) from None
         if idempotency is not None:
             check_idempotency_key(idempotency[0])
             first = await self._replay(key, idempotency)
@@ -183,6 +196,7 @@ class TaskService:
                 quote=ask.quote,
                 ask=ask,
                 idempotency=idempotency,
+                callback_url=callback,
             )
         except sa.exc.IntegrityError:
             first = await self._replay(key, idempotency) if idempotency else None

@@ -5,7 +5,8 @@ write by that worker is *fenced* (``WHERE id AND worker_id AND status = 'RUNNING
 worker whose lease was taken over changes nothing. Every status change appends a
 ``task_events`` row in the same transaction, and every terminal one settles the task's money
 there too (``tasks/ledger.py``): a capture for SUCCEEDED, a release otherwise, exactly once
-because the transition itself happens once. Time comes from the injected ``clock``.
+because the transition itself happens once, and writes its webhook deliveries to the outbox
+(``tasks/webhooks.py``). Time comes from the injected ``clock``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stillmotion.domain import TaskStatus, is_clean_text
 from stillmotion.money import cost_micros
-from stillmotion.tasks import audit, db, ledger, listing
+from stillmotion.tasks import audit, db, ledger, listing, webhooks
 from stillmotion.tasks.accounts import Accounts
 from stillmotion.tasks.admission import Ask
 from stillmotion.tasks.batch import IDEMPOTENCY_SECONDS, InsertBatcher, SqliteBatchWriter, Submit
@@ -113,6 +114,7 @@ class TaskStore:
         self._reads: dict[str, asyncio.Future[TaskRow | None]] = {}
         self.workers = WorkerRegistry(read, write, clock, self._cache.drop)
         self.accounts = Accounts(read, write, clock)
+        self.webhooks = webhooks.Webhooks(read, write, clock)
 
     @classmethod
     async def open(
@@ -238,10 +240,12 @@ class TaskStore:
         quote: int = 0,
         ask: Ask | None = None,
         idempotency: tuple[str, str] | None = None,
+        callback_url: str | None = None,
     ) -> TaskRow:
         """Insert a PENDING task (group-committed, ``tasks/batch.py``). ``ask``: admission
         (limits, and with ``ask.hold`` a hold of ``quote``); its refusal is raised.
-        ``idempotency``: ``(header value, body hash)`` recorded for this key."""
+        ``idempotency``: ``(header value, body hash)`` recorded for this key.
+        ``callback_url``: the submit's ``X-Stillmotion-Callback`` (``tasks/webhooks.py``)."""
         now = float(self._clock())
         row = TaskRow(
             id=task_id, key_id=key_id, model=model, engine=engine, status=TaskStatus.PENDING,
@@ -253,6 +257,7 @@ class TaskStore:
         )  # fmt: skip
         values = {name: getattr(row, name) for name in _CREATE_COLUMNS}
         values["status"] = PENDING
+        values["callback_url"] = callback_url  # every row has it: a batch shares one INSERT
         event = dict(task_id=task_id, at=now, kind="created", detail=None)
         idem = None
         if idempotency is not None:
@@ -462,6 +467,7 @@ class TaskStore:
             if task.hold is not None and task.account_id is not None:
                 entry = ledger.capture_entry(task.id, task.account_id, task.hold, cost, millis, now)
                 await ledger.write(conn, [entry])
+            await webhooks.enqueue(conn, [task.id], now)
             return replace(task, cost=cost, billed_ms=millis)
 
         row = await self._fenced(task_id, worker_id, now, values, ("succeeded", None), capture)

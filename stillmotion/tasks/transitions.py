@@ -23,4 +23,5 @@ def log_transition(
     log.info(
         "task %s %s -> %s (engine %s, attempt %d/%d%s)",
         task_id, before, after, engine, attempt, max_attempts, extra,
+        extra={"task_id": task_id},  # the JSON log format's field (logfmt.py)
     )  # fmt: skip

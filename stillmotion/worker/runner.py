@@ -16,7 +16,7 @@ from typing import Any
 
 from stillmotion import catalog
 from stillmotion.catalog import ModelSpec
-from stillmotion.domain import MediaRef, VideoRequest
+from stillmotion.domain import MediaRef, TaskStatus, VideoRequest
 from stillmotion.engines.base import CancelSignal, Engine, EngineJob, EngineResult
 from stillmotion.errors import (
     EngineCanceled,
@@ -25,9 +25,11 @@ from stillmotion.errors import (
     PermanentEngineError,
     ServiceError,
 )
+from stillmotion.logfmt import TASK_ID
 from stillmotion.media.fetch import FetchPolicy, fetch_to_file
 from stillmotion.media.geometry import frame_count, output_size
 from stillmotion.media.probe import probe_audio, probe_image
+from stillmotion.metrics import observe_task_finished
 from stillmotion.storage.base import Storage
 from stillmotion.tasks.service import video_key
 from stillmotion.tasks.store import TaskRow, TaskStore
@@ -60,8 +62,9 @@ class TaskRunner:
 
     async def run(self, row: TaskRow) -> None:
         """Run a claimed task; ``row.worker_id`` is this claim's fencing token."""
+        TASK_ID.set(row.id)  # this asyncio task's log lines carry it (logfmt.py)
         if row.cancel_requested:
-            await self._finish(self.store.finish_canceled(row.id, _claim(row)))
+            await self._finish(self.store.finish_canceled(row.id, _claim(row)), row, CANCELED)
             return
         cancel = CancelSignal()
         beat = _Heartbeat(self, row.id, _claim(row), cancel)
@@ -74,7 +77,8 @@ class TaskRunner:
             raise  # shutdown: release_worker() hands the task back
         except Exception:
             log.exception("task %s: unexpected error", row.id)
-            await self._finish(self._retry(row, "InternalError", "An internal error occurred."))
+            retry = self._retry(row, "InternalError", "An internal error occurred.")
+            await self._finish(retry, row, _retry_status(row))
         finally:
             beat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -88,7 +92,8 @@ class TaskRunner:
         request = VideoRequest.from_json(row.request)
         spec = catalog.get_model(row.model)
         if spec is None:
-            await self._finish(self._fail(row, "InvalidParameter", f"unknown model {row.model}"))
+            failed = self._fail(row, "InvalidParameter", f"unknown model {row.model}")
+            await self._finish(failed, row, FAILED)
             return
         work_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -101,16 +106,17 @@ class TaskRunner:
         except EngineDeferred as exc:
             await self._finish(self.store.release_worker(_claim(row), exc.delay))
         except EngineCanceled:
-            await self._finish(self.store.finish_canceled(row.id, _claim(row)))
+            await self._finish(self.store.finish_canceled(row.id, _claim(row)), row, CANCELED)
         except LeaseLost:
             log.warning("task %s: lease lost; result dropped", row.id)
         except ServiceError as exc:
             if getattr(exc, "retryable", False):
-                await self._finish(self._retry(row, exc.code, exc.message))
+                await self._finish(self._retry(row, exc.code, exc.message), row, _retry_status(row))
             else:
-                await self._finish(self._fail(row, exc.code, exc.message))
+                await self._finish(self._fail(row, exc.code, exc.message), row, FAILED)
         else:
-            ok = await self._finish(self.store.finish_success(row.id, _claim(row), stored))
+            done = self.store.finish_success(row.id, _claim(row), stored)
+            ok = await self._finish(done, row, SUCCEEDED)
             if not ok:
                 log.warning("task %s: finished after losing its lease; result dropped", row.id)
 
@@ -149,8 +155,8 @@ class TaskRunner:
         )
 
     async def _media(self, ref: MediaRef, dest: Path, what: str, max_bytes: int) -> Path:
-        if ref.storage_key:
-            return self.storage.local_path(ref.storage_key)
+        if ref.storage_key:  # a decoded data: URI: copied into this run's scratch dir
+            return await self.storage.fetch_to(ref.storage_key, dest)
         assert ref.url is not None
         policy = FetchPolicy(
             allow_private=self.config.allow_private_urls,
@@ -185,9 +191,30 @@ class TaskRunner:
         delay = self.config.retry_base_delay * (2 ** max(0, row.attempts - 1))
         return self.store.retry_later(row.id, _claim(row), delay, code, message)
 
-    async def _finish(self, coro: Any) -> bool:
-        """The final write survives cancellation of the task that makes it."""
-        return bool(await asyncio.shield(coro))
+    async def _finish(
+        self, coro: Any, row: TaskRow | None = None, final: TaskStatus | None = None
+    ) -> bool:
+        """The final write survives cancellation of the task that makes it. With ``final``
+        (the status the write ends the task in), a write that took is counted in metrics."""
+        ok = bool(await asyncio.shield(coro))
+        if ok and row is not None and final is not None:
+            observe_task_finished(
+                engine=row.engine,
+                status=final.value,
+                created_at=row.created_at,
+                scheduled_at=row.scheduled_at,
+                started_at=row.updated_at,  # the claim's time
+                ended_at=self.store.now(),
+            )
+        return ok
+
+
+CANCELED, FAILED, SUCCEEDED = TaskStatus.CANCELED, TaskStatus.FAILED, TaskStatus.SUCCEEDED
+
+
+def _retry_status(row: TaskRow) -> TaskStatus | None:
+    """What ``retry_later`` ends the task in: FAILED after its last attempt, else nothing."""
+    return FAILED if row.attempts >= row.max_attempts else None
 
 
 def _claim(row: TaskRow) -> str:

@@ -21,6 +21,7 @@ from stillmotion.tasks.store import TaskStore
 from stillmotion.worker.housekeeping import Housekeeper, HousekeepingConfig
 from stillmotion.worker.runner import RunnerConfig, TaskRunner
 from stillmotion.worker.sweeper import worker_dir_name
+from stillmotion.worker.webhooks import Render, WebhookConfig, WebhookSender
 
 log = logging.getLogger("stillmotion.worker")
 
@@ -41,9 +42,12 @@ class Worker:
         poll_interval: float = 0.5,
         worker_id: str | None = None,
         housekeeping: HousekeepingConfig | None = None,
+        render: Render | None = None,
+        webhooks: WebhookConfig | None = None,
     ):
         """``config.work_root`` is the shared ``work/``; this worker works in its own
-        directory under it (removed by the sweeper once the worker is gone)."""
+        directory under it (removed by the sweeper once the worker is gone). With ``render``
+        (the task body renderer) it also delivers the webhook outbox (``worker/webhooks.py``)."""
         self.store = store
         self.engines = dict(engines)
         self.concurrency = max(1, concurrency)
@@ -58,6 +62,12 @@ class Worker:
             store, storage, self.worker_id, sorted(self.engines), keeping
         )
         self._housekeeping: asyncio.Task[None] | None = None
+        self.webhooks = (
+            WebhookSender(store, render, webhooks or WebhookConfig(), self.worker_id)
+            if render is not None
+            else None
+        )
+        self._webhooks: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._active: dict[asyncio.Task[None], tuple[str, str]] = {}  # task -> (claim, engine)
@@ -77,6 +87,11 @@ class Worker:
             "completed": self.completed,
         }
 
+    def drain(self) -> None:
+        """Stop claiming (SIGTERM's first step); running tasks go on until :meth:`stop`."""
+        self._stop.set()
+        self._wake.set()
+
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self.run(), name="stillmotion-worker")
 
@@ -84,6 +99,8 @@ class Worker:
         log.info("worker %s started (engines: %s)", self.worker_id, ", ".join(self.engines))
         await self._guard(self.housekeeper.start())
         self._housekeeping = asyncio.create_task(self.housekeeper.loop(), name="housekeeping")
+        if self.webhooks is not None:
+            self._webhooks = asyncio.create_task(self.webhooks.run(), name="webhooks")
         while not self._stop.is_set():
             free = self._free_engines()
             claimed = bool(free) and await self._claim_one(free)
@@ -120,6 +137,8 @@ class Worker:
         self._active.pop(task, None)
         self.completed += 1
         self._wake.set()
+        if self.webhooks is not None:
+            self.webhooks.wake()  # its outbox rows, if it ended
 
     async def _idle(self) -> None:
         self._wake.clear()
@@ -157,6 +176,10 @@ class Worker:
         await self._stop_housekeeping()
 
     async def _stop_housekeeping(self) -> None:
+        if self._webhooks is not None:  # an unfinished POST is sent again by another
+            self._webhooks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._webhooks
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
