@@ -45,6 +45,7 @@ class Listener:
         self._on_notify = on_notify
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()  # set while listening (tests wait on it)
+        self.connects = 0  # listening connections made so far (a reconnect counts too)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="stillmotion-listen")
@@ -77,13 +78,15 @@ class Listener:
                 await self._listen(conn)
             finally:
                 self.connected.clear()
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(conn.close(timeout=2))
+                if not conn.is_closed():  # cancelled while listening: close it cleanly
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(conn.close(timeout=2))
 
     async def _listen(self, conn: asyncpg.Connection) -> None:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda *_: lost.set())
         await conn.add_listener(CHANNEL, self._notified)
+        self.connects += 1
         self.connected.set()
         self._on_notify()  # anything submitted while we were not listening
         await lost.wait()
