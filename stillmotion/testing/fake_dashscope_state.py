@@ -113,6 +113,7 @@ class FakeState:
         self.clock = clock
         self.lock = threading.Lock()
         self.tasks: dict[str, FakeTask] = {}
+        self.peak_active = 0  # the most tasks PENDING or RUNNING at once (seen at submits)
         self.submits: list[dict[str, Any]] = []  # every submit request that reached the fake
         self.requests: Counter[str] = Counter()  # op -> count
         self.log: list[tuple[float, str, int]] = []  # (time, op, HTTP status) per API request
@@ -145,6 +146,7 @@ class FakeState:
                 self.log.clear()
                 self.faults.clear()
                 self._by_submit_id.clear()
+                self.peak_active = 0
             if body.get("clear_faults"):
                 self.faults.clear()
             for name in ("pending_seconds", "running_seconds", "url_ttl", "task_ttl"):
@@ -165,6 +167,7 @@ class FakeState:
             return {
                 "submits": len(self.submits),
                 "tasks": len(self.tasks),
+                "peak_active": self.peak_active,
                 "statuses": dict(statuses),
                 "requests": dict(self.requests),
                 "faults": [asdict(f) for f in self.faults if f.times != 0],
@@ -190,6 +193,8 @@ class FakeState:
                 return self.tasks[self._by_submit_id[submit_id]]
             task = self._new_task(key, body, now, submit_id)
             self.tasks[task.task_id] = task
+            active = sum(t.status_at(now) in ("PENDING", "RUNNING") for t in self.tasks.values())
+            self.peak_active = max(self.peak_active, active)
             if submit_id:
                 self._by_submit_id[submit_id] = task.task_id
             return task
