@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         None, description="Base of the absolute `video_url`s; default `http://<host>:<port>`."
     )
     workers: int = Field(2, ge=0, description="Tasks the worker runs at once (0: no worker).")
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="API processes `serve` runs on its one listening socket, each a full API "
+        "process (with its own worker unless `workers` is 0); more than 1 wants PostgreSQL.",
+    )
     run_worker: bool = Field(True, description="Run the worker inside `serve`.")
     routes: str = Field(
         "",
@@ -90,6 +97,22 @@ class Settings(BaseSettings):
         600.0,
         ge=0,
         description="Age after which inputs with no task row (and stray work files) are removed.",
+    )
+    result_ttl_hours: float = Field(
+        168.0,
+        gt=0,
+        description="Hours after a task ends when its result video and kept inputs are deleted "
+        "(DashScope keeps 24 h); the body then says `result_expired` instead of a `video_url`.",
+    )
+    task_ttl_days: float = Field(
+        0.0,
+        ge=0,
+        description="Days after a task ends when its record (events, idempotency keys, "
+        "webhook deliveries) is deleted and it answers `UNKNOWN`; `0`: kept forever. Ledger "
+        "entries are always kept.",
+    )
+    retention_batch: int = Field(
+        500, ge=1, le=10_000, description="Tasks the retention sweep handles per transaction."
     )
     url_ttl_seconds: int = Field(86400, gt=0, description="Lifetime of a signed `video_url`.")
     max_body_bytes: int = Field(
@@ -201,6 +224,12 @@ class Settings(BaseSettings):
         SecretStr(""),
         description="Comma-separated DashScope API keys, used in turn; a key answering 401/403 "
         "leaves the rotation for 10 minutes. Never logged or returned.",
+    )
+    relay_limits: Literal["auto", "local", "database"] = Field(
+        "auto",
+        description="Where relay caps, rates and 429 blocks are kept: `local` (each worker "
+        "process its own), `database` (shared by every worker process), `auto` (database on "
+        "PostgreSQL, local on SQLite).",
     )
     dashscope_max_in_flight: int = Field(
         100, ge=1, description="Upstream tasks in flight at once per channel (more wait PENDING)."

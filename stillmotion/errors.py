@@ -61,6 +61,13 @@ class NotFound(ServiceError):
     status = 404
 
 
+class ResultExpired(ServiceError):
+    """A result deleted by retention (``STILLMOTION_RESULT_TTL_HOURS``)."""
+
+    code = "ResultExpired"
+    status = 410
+
+
 class TooLarge(ServiceError):
     code = "BadRequest.TooLarge"
     status = 413

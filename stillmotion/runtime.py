@@ -17,6 +17,7 @@ from stillmotion.api.render import TaskRenderer
 from stillmotion.config import Settings
 from stillmotion.engines.base import Engine
 from stillmotion.engines.registry import available, create_engine, load_factory
+from stillmotion.engines.relay_limits import RelayLimits
 from stillmotion.errors import ServiceError
 from stillmotion.money import MoneyError, PriceList, parse_factors, parse_overrides
 from stillmotion.storage.base import Storage, StorageUnavailable
@@ -134,7 +135,9 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         store=store,
         storage=storage,
         service=service,
-        renderer=TaskRenderer(storage, settings.time_zone),
+        renderer=TaskRenderer(
+            storage, settings.time_zone, result_ttl_seconds=settings.result_ttl_hours * 3600
+        ),
         keys=KeyVerifier(store, settings.key_cache_seconds),
     )
 
@@ -273,8 +276,12 @@ def build_engines(
     *,
     dedicated: bool = True,
     storage: Storage | None = None,
+    store: TaskStore | None = None,
 ) -> dict[str, Engine]:
     """Create (and so check) the engines; a factory's set-up error fails the start.
+
+    With ``store``, relays keep their caps and rates where ``relay_limits`` says (in the
+    database: shared by every worker process); without it, in this process.
 
     ``dedicated=False`` is the worker inside `serve`: it leaves out engines marked
     ``api_process = False`` (GPU engines), which run in a `stillmotion worker` process.
@@ -292,11 +299,21 @@ def build_engines(
         options = ENGINE_OPTIONS.get(name, lambda _: {})(settings)
         if name == "dashscope" and storage is not None:  # the relay re-sends stored inputs
             options["read_input"] = storage.read_bytes
+        if name == "dashscope" and store is not None:
+            options["limits"] = relay_limits(settings, store)
         try:
             engines[name] = create_engine(name, **options)
         except ServiceError as exc:  # missing extra, weights, keys...
             raise ConfigurationError(exc.message) from None
     return engines
+
+
+def relay_limits(settings: Settings, store: TaskStore) -> RelayLimits | None:
+    """The store's shared limits when ``relay_limits`` asks for them (None: local)."""
+    mode = settings.relay_limits
+    if mode == "database" or (mode == "auto" and store.dialect == "postgresql"):
+        return store.relay_limits
+    return None
 
 
 def build_worker(
@@ -313,7 +330,9 @@ def build_worker(
     return Worker(
         runtime.store,
         runtime.storage,
-        build_engines(settings, engines, dedicated=dedicated, storage=runtime.storage),
+        build_engines(
+            settings, engines, dedicated=dedicated, storage=runtime.storage, store=runtime.store
+        ),
         config,
         concurrency=settings.workers,
         poll_interval=settings.poll_interval,
@@ -323,6 +342,9 @@ def build_worker(
             reap_seconds=settings.lease_seconds / 2,
             sweep_seconds=settings.sweep_interval_seconds,
             orphan_grace_seconds=settings.orphan_grace_seconds,
+            result_ttl_hours=settings.result_ttl_hours,
+            task_ttl_days=settings.task_ttl_days or None,
+            retention_batch=settings.retention_batch,
         ),
         render=runtime.renderer.body,
         webhooks=WebhookConfig(

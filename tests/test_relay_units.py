@@ -84,7 +84,7 @@ async def test_admission_defers_with_a_backlog_sized_delay() -> None:
             await admission.admit(task)
         delays.append(info.value.delay)
     assert delays[0] < delays[-1]  # later arrivals wait longer
-    admission.release("t1")
+    await admission.release("t1")
     clock.now += 5
     await admission.admit("t2")
     with pytest.raises(EngineDeferred):  # the rate: the next token is 1 s away

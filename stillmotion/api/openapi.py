@@ -64,6 +64,7 @@ ERRORS = {
     401: "`InvalidApiKey`: no `Authorization: Bearer <key>`, or an unknown or revoked key.",
     403: "`AccessDenied`.",
     404: "`NotFound`: no such route (for example an id containing `/`).",
+    410: "`ResultExpired`: the result was deleted after `STILLMOTION_RESULT_TTL_HOURS`.",
     413: "`BadRequest.TooLarge`: the body is over `STILLMOTION_MAX_BODY_BYTES`, or a data: URI "
     "image (audio) over 20 MB (15 MB).",
     415: "`BadRequest.UnsupportedFileFormat`: a data: URI is not a supported image or audio file.",

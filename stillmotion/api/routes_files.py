@@ -15,9 +15,10 @@ from starlette.background import BackgroundTask
 
 from stillmotion.api.deps import RuntimeDep
 from stillmotion.api.openapi import error_responses
-from stillmotion.errors import AccessDenied
+from stillmotion.errors import AccessDenied, ResultExpired
 from stillmotion.storage.base import Storage
 from stillmotion.storage.local import LocalStorage
+from stillmotion.tasks.retention import expired_message, video_from_key
 
 router = APIRouter(tags=["files"])
 
@@ -38,8 +39,13 @@ CACHE_CONTROL = "private, max-age=3600"
             400,
             403,
             404,
+            410,
             500,
-            notes={403: "`AccessDenied`: the signature is invalid or has expired."},
+            notes={
+                403: "`AccessDenied`: the signature is invalid or has expired.",
+                410: "`ResultExpired`: the task's result was deleted after "
+                "`STILLMOTION_RESULT_TTL_HOURS` (or is past it).",
+            },
         ),
     },
 )
@@ -53,6 +59,11 @@ async def download(
     storage = runtime.storage
     if not Signature or not storage.verify(key, Expires, Signature):
         raise AccessDenied("The signature of this URL is invalid or it has expired.")
+    task_id = video_from_key(key)
+    if task_id is not None:  # a result past its TTL is gone, swept yet or not
+        row = await runtime.store.get_task(task_id)
+        if row is not None and runtime.renderer.expired(row):
+            raise ResultExpired(expired_message(row, runtime.renderer.result_ttl_seconds))
     mp4 = key.endswith(".mp4")
     if isinstance(storage, LocalStorage):
         return FileResponse(

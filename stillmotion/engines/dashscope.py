@@ -43,6 +43,7 @@ from stillmotion.engines.dashscope_client import (
 from stillmotion.engines.dashscope_poll import Relay, RelayTimings, UpstreamTask, save_state
 from stillmotion.engines.dashscope_reconcile import Ambiguous, find_submitted
 from stillmotion.engines.dashscope_result import download_result, probe_video
+from stillmotion.engines.relay_limits import RelayLimits
 from stillmotion.errors import (
     EngineCanceled,
     EngineDeferred,
@@ -94,6 +95,7 @@ class DashScopeEngine:
         files_root: Path | None = None,
         read_input: Callable[[str], Awaitable[bytes]] | None = None,  # the runtime's storage
         max_connections: int = 256,
+        limits: RelayLimits | None = None,  # shared by every worker (default: this process's)
     ) -> None:
         try:
             default = ChannelConfig(
@@ -108,7 +110,7 @@ class DashScopeEngine:
             configs = parse_channels(channels, default)
         except (TypeError, ValueError) as exc:  # the runtime reports it as a setting error
             raise ModelUnavailable(f"dashscope engine: {exc}") from None
-        self.admission = Admission([Channel(c) for c in configs])
+        self.admission = Admission([Channel(c, limits=limits) for c in configs])
         self._channel_names = {c.base_url: c.name for c in reversed(configs)}  # first wins
         self.max_concurrency = sum(c.max_in_flight for c in configs)
         self.timings = RelayTimings(
@@ -167,7 +169,7 @@ class DashScopeEngine:
                 await save_state(job, {**task.state, UPSTREAM_USAGE: dict(usage)})
             return await self._collect(job, body, progress)
         finally:
-            self.admission.release(job.task_id)
+            await self.admission.release(job.task_id)
             self._upstream_ids.pop(job.task_id, None)
 
     async def _start(
@@ -175,7 +177,7 @@ class DashScopeEngine:
     ) -> UpstreamTask:
         state = dict(job.state)
         if state.get("upstream_id"):
-            channel = self.admission.attach(job.task_id, state.get("channel"))
+            channel = await self.admission.attach(job.task_id, state.get("channel"))
             key = channel.keys.by_fingerprint(state.get("key"))
             if key is None:
                 raise PermanentEngineError(
@@ -213,7 +215,7 @@ class DashScopeEngine:
                 await save_state(job, {})
                 continue
             return await self._submitted(job, channel, key, marker, upstream_id, progress)
-        self.admission.release(job.task_id)
+        await self.admission.release(job.task_id)
         if self.admission.usable():  # another channel still has keys: go there
             raise EngineDeferred("the channel's keys were refused", delay=0.05)
         raise self._no_keys()
@@ -253,7 +255,7 @@ class DashScopeEngine:
         await save_state(job, {})  # nothing was created upstream: no marker to reconcile
         if exc.failure is Failure.THROTTLED:
             wait = exc.retry_after if exc.retry_after is not None else 1.0
-            channel.block(wait)
+            await channel.block(wait)
             raise EngineDeferred("the upstream throttled the submit", delay=max(wait, 0.05))
         if exc.failure is Failure.UNAVAILABLE:
             code = exc.code if exc.status else UNREACHABLE
@@ -289,7 +291,7 @@ class DashScopeEngine:
         self, job: EngineJob, marker: dict[str, Any], progress: ProgressFn
     ) -> UpstreamTask:
         """Claimed again after dying mid-submit: find the upstream task, never resubmit."""
-        channel = self.admission.attach(job.task_id, marker.get("submitting"))
+        channel = await self.admission.attach(job.task_id, marker.get("submitting"))
         key = channel.keys.by_fingerprint(marker.get("key"))
         if key is None:
             raise PermanentEngineError(
@@ -315,7 +317,7 @@ class DashScopeEngine:
                 prompt=job.request.prompt,
                 at=float(marker["at"]),
                 taken=set(self._upstream_ids.values()),
-                throttle=channel.queries.take,
+                throttle=channel.take_query,
             )
         except Ambiguous as exc:
             raise PermanentEngineError(

@@ -2,7 +2,8 @@
 
 A *channel* is one DashScope account in one region. Each has API keys used in turn (a key
 that answers 401/403 leaves the rotation for a while), a cap on tasks in flight, a submit
-rate and a query rate (token buckets). :class:`Admission` picks the channel for a new task
+rate and a query rate (token buckets): its limits, kept in this process or shared by every
+worker process (``relay_limits.py``). :class:`Admission` picks the channel for a new task
 or tells the caller how long to wait (``EngineDeferred``); it never queues in memory.
 """
 
@@ -17,7 +18,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stillmotion.engines.relay_limits import (
+    ChannelState,
+    Limit,
+    LocalLimits,
+    RelayLimits,
+    TokenBucket,
+)
 from stillmotion.errors import EngineDeferred
+
+__all__ = ["Admission", "Channel", "ChannelConfig", "KeyRing", "TokenBucket", "key_fingerprint"]
 
 KEY_COOLDOWN = 600.0  # seconds a key that answered 401/403 stays out of the rotation
 MAX_SHORT_WAIT = 0.5  # a submit token this close is waited for instead of deferring
@@ -62,6 +72,11 @@ class ChannelConfig:
     def upstream_model(self, model: str) -> str:
         return self.model_map.get(model, model)
 
+    @property
+    def limits_name(self) -> str:
+        """The name its shared limits are kept under (one per channel name, every process)."""
+        return f"dashscope/{self.name}"
+
 
 def parse_channels(raw: Any, default: ChannelConfig) -> list[ChannelConfig]:
     """The channel list from settings: a JSON string, a list of tables, or empty (then the
@@ -104,48 +119,6 @@ def _channel(item: dict[str, Any], default: ChannelConfig, index: int) -> Channe
     )
 
 
-class TokenBucket:
-    """``rate`` tokens a second, bursts up to ``burst``; reservations may go into debt."""
-
-    def __init__(
-        self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic
-    ):
-        self.rate = max(rate, 1e-6)
-        self.burst = burst if burst is not None else max(1.0, rate)
-        self.tokens = self.burst
-        self.clock = clock
-        self._at = clock()
-
-    def _refill(self) -> float:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self._at) * self.rate)
-        self._at = now
-        return now
-
-    def reserve(self, max_wait: float) -> float | None:
-        """Take a token due within ``max_wait`` seconds: the wait, or None (nothing taken)."""
-        self._refill()
-        if self.tokens - 1 < -self.rate * max_wait:
-            return None
-        self.tokens -= 1
-        return max(0.0, -self.tokens / self.rate)
-
-    def wait_time(self) -> float:
-        self._refill()
-        return max(0.0, (1 - self.tokens) / self.rate)
-
-    def pause(self, seconds: float) -> None:
-        """No tokens for ``seconds`` (the upstream said Retry-After)."""
-        self._refill()
-        self.tokens = min(self.tokens, -self.rate * seconds)
-
-    async def take(self) -> None:
-        """Wait for a token (a FIFO-ish queue: each caller reserves its slot)."""
-        wait = self.reserve(float("inf"))
-        if wait:
-            await asyncio.sleep(wait)
-
-
 class KeyRing:
     """Round-robin over a channel's keys, skipping keys out of rotation."""
 
@@ -181,22 +154,34 @@ class KeyRing:
 
 
 class Channel:
-    def __init__(self, config: ChannelConfig, clock: Callable[[], float] = time.monotonic):
+    """One upstream account: its keys (rotated here) and its limits (``relay_limits.py``:
+    this process's, or shared by every worker process)."""
+
+    def __init__(
+        self,
+        config: ChannelConfig,
+        clock: Callable[[], float] = time.monotonic,
+        limits: RelayLimits | None = None,
+    ):
         self.config = config
         self.name = config.name
         self.keys = KeyRing(config.api_keys, clock)
-        self.submits = TokenBucket(config.submit_rate, clock=clock)
-        self.queries = TokenBucket(config.query_rate, clock=clock)
-        self.in_flight: set[str] = set()
-        self.blocked_until = 0.0  # upstream said 429 on submit: no submits before this
-        self.clock = clock
+        self.limits: RelayLimits = limits or LocalLimits(clock)
+        self.limit = Limit(
+            config.limits_name, config.max_in_flight, config.submit_rate, config.query_rate
+        )
 
-    @property
-    def free(self) -> int:
-        return self.config.max_in_flight - len(self.in_flight)
+    async def take_query(self) -> None:
+        """Wait for a query token of this channel."""
+        wait = await self.limits.take_query(self.limit)
+        if wait:
+            await asyncio.sleep(wait)
 
-    def block(self, seconds: float) -> None:
-        self.blocked_until = max(self.blocked_until, self.clock() + seconds)
+    async def pause_queries(self, seconds: float) -> None:
+        await self.limits.pause_queries(self.limit, seconds)
+
+    async def block(self, seconds: float) -> None:
+        await self.limits.block(self.limit, seconds)
 
 
 class Admission:
@@ -211,47 +196,60 @@ class Admission:
     def channel(self, name: str | None) -> Channel | None:
         return self._by_name.get(name or "")
 
-    def attach(self, task_id: str, name: str | None) -> Channel:
+    async def attach(self, task_id: str, name: str | None) -> Channel:
         """A task already in flight upstream (resumed): count it, whatever the cap."""
         channel = self.channel(name) or self.channels[0]
-        channel.in_flight.add(task_id)
+        await channel.limits.attach(channel.limit, task_id)
         return channel
 
-    def release(self, task_id: str) -> None:
+    async def release(self, task_id: str) -> None:
         self._waiting.pop(task_id, None)
-        for channel in self.channels:
-            channel.in_flight.discard(task_id)
+        for limits in {id(c.limits): c.limits for c in self.channels}.values():
+            await limits.release(task_id)
 
     def usable(self) -> list[Channel]:
         return [c for c in self.channels if c.keys.active()]
 
+    async def _states(self, channels: list[Channel]) -> dict[str, ChannelState]:
+        out: dict[str, ChannelState] = {}
+        for limits in {id(c.limits): c.limits for c in channels}.values():
+            out.update(await limits.states(c.limit for c in channels if c.limits is limits))
+        return out
+
     async def admit(self, task_id: str) -> Channel:
         """Reserve a slot and a submit token, or raise ``EngineDeferred``."""
-        now = self.clock()
-        open_ = [c for c in self.usable() if c.free > 0 and c.blocked_until <= now]
-        open_.sort(key=lambda c: c.free / c.config.max_in_flight, reverse=True)
+        usable = self.usable()
+        states = await self._states(usable)
+
+        def free(c: Channel) -> float:
+            cap = c.config.max_in_flight
+            return (cap - states[c.limit.name].in_flight) / cap
+
+        open_ = [c for c in usable if free(c) > 0 and states[c.limit.name].blocked_for <= 0]
+        open_.sort(key=free, reverse=True)
         for channel in open_:
-            wait = channel.submits.reserve(MAX_SHORT_WAIT)
+            wait = await channel.limits.admit(channel.limit, task_id, MAX_SHORT_WAIT)
             if wait is None:
                 continue
-            channel.in_flight.add(task_id)
             self._waiting.pop(task_id, None)
             if wait:
                 await asyncio.sleep(wait)
             return channel
-        raise EngineDeferred("every DashScope channel is at its cap or rate", self._delay(task_id))
+        delay = await self._delay(task_id)
+        raise EngineDeferred("every DashScope channel is at its cap or rate", delay)
 
-    def _delay(self, task_id: str) -> float:
+    async def _delay(self, task_id: str) -> float:
         now = self.clock()
         self._waiting[task_id] = now
         for tid, at in list(self._waiting.items()):
             if now - at > 2 * MAX_DEFER:
                 del self._waiting[tid]
         usable = self.usable() or self.channels
-        blocked = min(max(0.0, c.blocked_until - now) for c in usable)
+        states = await self._states(usable)
+        blocked = min(states[c.limit.name].blocked_for for c in usable)
         rate = sum(c.config.submit_rate for c in usable)
         backlog = len(self._waiting) / max(rate, 1e-6)  # when this task's turn may come
-        if all(c.free <= 0 for c in usable):
+        if all(states[c.limit.name].in_flight >= c.config.max_in_flight for c in usable):
             backlog = max(backlog, 1.0)
-        delay = max(blocked, backlog, min(c.submits.wait_time() for c in usable))
+        delay = max(blocked, backlog, min(states[c.limit.name].submit_wait for c in usable))
         return min(MAX_DEFER, delay * random.uniform(0.9, 1.2) + 0.05)

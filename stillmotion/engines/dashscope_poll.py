@@ -110,17 +110,17 @@ class UpstreamTask:
             if time.time() - self.at > t.task_deadline:
                 await self._timed_out()
             try:
-                await self.channel.queries.take()
+                await self.channel.take_query()
                 body = await self.relay.client().get(self.base, self.key, self.upstream_id)
             except UpstreamError as exc:
-                delay = self._failed(exc)
+                delay = await self._failed(exc)
                 continue
             status = str(body["output"]["task_status"]).upper()  # normalise "succeeded" & co
             body["output"]["task_status"] = status
             if status == "SUCCEEDED":
                 return body
             if status == "UNKNOWN" and time.time() - self.at < t.unknown_grace:
-                delay = self._failed(None)  # a task this fresh may not be visible yet
+                delay = await self._failed(None)  # a task this fresh may not be visible yet
                 continue
             self._check_ended(body["output"])
             self.failures = 0
@@ -131,7 +131,7 @@ class UpstreamTask:
             polls += 1
             delay = min(t.poll_max, t.poll_first * t.poll_growth**polls) * random.uniform(0.9, 1.1)
 
-    def _failed(self, exc: UpstreamError | None) -> float:
+    async def _failed(self, exc: UpstreamError | None) -> float:
         """Count a failed poll (``None``: an early UNKNOWN); the next delay, or raise."""
         if exc is not None and exc.failure is Failure.AUTH:
             self.relay.refused(self.channel, self.key, exc)
@@ -148,7 +148,7 @@ class UpstreamTask:
             )
         after = exc.retry_after if exc is not None and exc.retry_after is not None else 0.0
         if exc is not None and exc.failure is Failure.THROTTLED and after:
-            self.channel.queries.pause(after)
+            await self.channel.pause_queries(after)
         first = self.relay.timings.poll_first
         backoff = min(MAX_BACKOFF, first * 2 ** (self.failures - 1))
         return max(after, backoff * random.uniform(1.0, 1.25))
@@ -179,7 +179,7 @@ class UpstreamTask:
     async def cancel_upstream(self) -> bool:
         """Best effort: True when upstream canceled it (it was PENDING)."""
         try:
-            await self.channel.queries.take()
+            await self.channel.take_query()
             return await self.relay.client().cancel(self.base, self.key, self.upstream_id)
         except UpstreamError as exc:
             log.warning("canceling upstream task %s failed: %s", self.upstream_id, exc.code)

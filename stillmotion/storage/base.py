@@ -79,4 +79,9 @@ class Storage(Protocol):
         """Delete every file under ``prefix`` (``inputs/<task_id>/``); how many."""
         ...
 
+    async def delete_keys(self, keys: list[str]) -> None:
+        """Delete these files; a key that is not there is no error (deleting twice is
+        harmless, so several sweepers may delete the same keys)."""
+        ...
+
     async def aclose(self) -> None: ...

@@ -65,6 +65,10 @@ class LocalStorage:
     async def delete_prefix(self, prefix: str) -> int:
         return await asyncio.to_thread(_delete_tree, self._path(prefix.rstrip("/")))
 
+    async def delete_keys(self, keys: list[str]) -> None:
+        paths = [self._path(key) for key in keys]
+        await asyncio.to_thread(_unlink_all, paths)
+
     async def aclose(self) -> None:
         return None
 
@@ -113,3 +117,8 @@ def _delete_tree(top: Path) -> int:
     count = sum(len(names) for _, _, names in os.walk(top))
     shutil.rmtree(top, ignore_errors=True)
     return count
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

@@ -312,6 +312,14 @@ class S3Storage:
             )
         return len(keys)
 
+    async def delete_keys(self, keys: list[str]) -> None:
+        names = [self.object_key(key) for key in keys]
+        for at in range(0, len(names), 1000):  # S3 deletes a missing key without complaint
+            batch = [{"Key": k} for k in names[at : at + 1000]]
+            await self._client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+            )
+
     async def aclose(self) -> None:
         await self._stack.aclose()
         if self._presigner is not None:

@@ -7,7 +7,8 @@ Each check is one query that returns the offending rows; none is an empty report
 - ``settled_running``: a task not yet terminal whose hold was already resolved;
 - ``settled_twice``: more than one capture/release for one task;
 - ``missing_hold``: a task that says it holds money with no hold entry;
-- ``orphan_entry``: a hold or settlement entry with no task;
+- ``orphan_entry``: a hold or settlement entry with no task, unless both the hold and its
+  settlement are there (a settled task whose record retention deleted: ``tasks/retention.py``);
 - ``cost_mismatch``: a captured task whose ``cost`` is not what was captured;
 - ``negative_available``: an account below zero available without a capture that exceeded
   its hold (the one way an honest ledger goes below zero: more was produced than quoted).
@@ -44,10 +45,13 @@ CHECKS: dict[str, str] = {
     "missing_hold": """
         SELECT t.id, t.status, t.hold FROM tasks t WHERE t.hold IS NOT NULL AND NOT EXISTS (
             SELECT 1 FROM ledger l WHERE l.task_id = t.id AND l.kind = 'hold')""",
-    "orphan_entry": """
+    "orphan_entry": f"""
         SELECT l.id, l.kind, l.task_id FROM ledger l
         WHERE l.kind IN ('hold', 'capture', 'release') AND NOT EXISTS (
-            SELECT 1 FROM tasks t WHERE t.id = l.task_id)""",
+            SELECT 1 FROM tasks t WHERE t.id = l.task_id)
+        AND NOT (EXISTS (SELECT 1 FROM ledger h WHERE h.task_id = l.task_id AND h.kind = 'hold')
+             AND EXISTS (SELECT 1 FROM ledger s WHERE s.task_id = l.task_id
+                         AND s.kind IN {_SETTLE}))""",
     "cost_mismatch": """
         SELECT t.id, t.cost, l.amount AS captured FROM tasks t
         JOIN ledger l ON l.task_id = t.id AND l.kind = 'capture'

@@ -241,3 +241,27 @@ webhook_attempts = sa.Table(
     sa.Column("error", sa.Text(), nullable=True),
     sa.Index("ix_webhook_attempts_delivery_id", "delivery_id"),
 )
+
+#: a relay channel's shared token buckets (``None`` tokens: full) and its submit block
+#: (the upstream's 429), for every worker process (``tasks/relay_limits.py``)
+relay_channels = sa.Table(
+    "relay_channels",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("submit_tokens", sa.Float(precision=53), nullable=True),
+    _time("submit_at", nullable=True),
+    sa.Column("query_tokens", sa.Float(precision=53), nullable=True),
+    _time("query_at", nullable=True),
+    sa.Column("blocked_until", sa.Float(precision=53), nullable=False, server_default=sa.text("0")),
+)
+
+#: an upstream task in flight on a channel: a slot of its cap, held until the relay lets go
+#: of the task (a slot of a task no longer PENDING or RUNNING is dropped at the next admit)
+relay_slots = sa.Table(
+    "relay_slots",
+    metadata,
+    sa.Column("task_id", sa.String(36), primary_key=True),
+    sa.Column("channel", sa.String(200), nullable=False),
+    _time("acquired_at"),
+    sa.Index("ix_relay_slots_channel", "channel"),
+)

@@ -29,6 +29,8 @@ from stillmotion.tasks.admission import Ask
 from stillmotion.tasks.batch import IDEMPOTENCY_SECONDS, InsertBatcher, SqliteBatchWriter, Submit
 from stillmotion.tasks.cache import RowCache
 from stillmotion.tasks.ledger import ENDED_COLUMNS, settle_ended
+from stillmotion.tasks.relay_limits import DatabaseLimits
+from stillmotion.tasks.retention import Retention
 from stillmotion.tasks.rows import ApiKeyRow, TaskRow
 from stillmotion.tasks.schema import accounts, api_keys, idempotency_keys, task_events, tasks
 from stillmotion.tasks.transitions import log_transition
@@ -115,6 +117,8 @@ class TaskStore:
         self.workers = WorkerRegistry(read, write, clock, self._cache.drop)
         self.accounts = Accounts(read, write, clock)
         self.webhooks = webhooks.Webhooks(read, write, clock)
+        self.retention = Retention(read, write, clock, self.dialect, self._cache.drop)
+        self.relay_limits = DatabaseLimits(read, write, clock)
 
     @classmethod
     async def open(

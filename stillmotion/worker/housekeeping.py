@@ -6,7 +6,8 @@ restarted after `kill -9` finds its predecessor's process gone and takes its tas
 once) and sweeps ``work/``. Then, every ``heartbeat_seconds``: beat (register again if the
 row is gone: this worker was declared dead and its claims were reclaimed), reclaim dead
 workers' tasks (and sweep ``work/`` when it reclaimed any), reap expired leases; every
-``sweep_seconds``: sweep ``work/`` and orphaned inputs.
+``sweep_seconds``: sweep ``work/`` and orphaned inputs, and run retention (results past
+``result_ttl_hours``, task records past ``task_ttl_days``: ``tasks/retention.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class HousekeepingConfig:
     reap_seconds: float = 15.0
     sweep_seconds: float = 300.0
     orphan_grace_seconds: float = 600.0
+    result_ttl_hours: float = 168.0  # retention (tasks/retention.py), on the sweep timer
+    task_ttl_days: float | None = None  # None: task records are kept
+    retention_batch: int = 500
 
 
 class Housekeeper:
@@ -116,6 +120,12 @@ class Housekeeper:
         grace = self.config.orphan_grace_seconds
         await _guarded(sweeper.sweep_work(self.config.work_base, self.store, grace))
         await _guarded(sweeper.sweep_inputs(self.storage, self.store, grace))
+        cfg = self.config
+        await _guarded(
+            self.store.retention.sweep(
+                self.storage, cfg.result_ttl_hours, cfg.task_ttl_days, cfg.retention_batch
+            )
+        )
 
 
 async def _guarded(call: Awaitable[T], default: T | None = None) -> T | None:
