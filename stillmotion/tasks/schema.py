@@ -119,6 +119,7 @@ tasks = sa.Table(
     sa.Index("ix_tasks_key_id_created_at", "key_id", "created_at"),
     sa.Index("ix_tasks_account_id_status", "account_id", "status"),
     sa.Index("ix_tasks_account_id_created_at", "account_id", "created_at"),
+    sa.Index("ix_tasks_ended_at", "ended_at"),  # the retention sweep, oldest end first
 )
 
 ledger = sa.Table(

@@ -1,5 +1,6 @@
 """Global relay limits: each relay channel's token buckets and the upstream tasks in flight
-on it, shared by every worker process (``tasks/relay_limits.py``).
+on it, shared by every worker process (``tasks/relay_limits.py``); and the index the
+retention sweep reads finished tasks by, oldest end first (``tasks/retention.py``).
 
 Revision ID: 0006
 Revises: 0005
@@ -42,9 +43,11 @@ def upgrade() -> None:
         sa.Column("acquired_at", sa.Float(precision=53), nullable=False),
     )
     op.create_index("ix_relay_slots_channel", "relay_slots", ["channel"])
+    op.create_index("ix_tasks_ended_at", "tasks", ["ended_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_tasks_ended_at", table_name="tasks")
     op.drop_index("ix_relay_slots_channel", table_name="relay_slots")
     op.drop_table("relay_slots")
     op.drop_table("relay_channels")
