@@ -8,8 +8,13 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -74,6 +79,13 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="Tasks rendered at once (0: none).")] = None,
     config: ConfigFile = None,
     port_file: PortFile = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(help="API processes sharing the listening socket (STILLMOTION_PROCESSES)."),
+    ] = None,
+    listen_fd: Annotated[
+        int | None, typer.Option("--listen-fd", hidden=True, help="(internal: a child's socket)")
+    ] = None,
 ) -> None:
     """Run the HTTP API and (unless workers=0) the worker, on the embedded defaults."""
     import uvicorn
@@ -82,15 +94,24 @@ def serve(
     from stillmotion.api.draining import DrainingServer
     from stillmotion.api.http_limits import LimitedHttpToolsProtocol
 
-    settings = settings_or_exit(config, host=host, port=port, data_dir=data_dir, workers=workers)
+    settings = settings_or_exit(
+        config, host=host, port=port, data_dir=data_dir, workers=workers, processes=processes
+    )
     _setup_logging(settings)
-    run_or_exit(_check_start(settings))
-    if settings.allow_private_urls:
-        log.warning(
-            "STILLMOTION_ALLOW_PRIVATE_URLS is on: img_url and audio_url may reach loopback, "
-            "private and link-local addresses (local development only)"
-        )
-    sock = _bind(settings.host, settings.port)  # port 0: the kernel picks a free one
+    if listen_fd is None:  # a child of `serve --processes N` leaves these to its parent
+        run_or_exit(_check_start(settings))
+        if settings.allow_private_urls:
+            log.warning(
+                "STILLMOTION_ALLOW_PRIVATE_URLS is on: img_url and audio_url may reach loopback, "
+                "private and link-local addresses (local development only)"
+            )
+        sock = _bind(settings.host, settings.port)  # port 0: the kernel picks a free one
+    else:
+        sock = socket.socket(fileno=listen_fd)  # bound (and listening) by the parent
+    if listen_fd is None and settings.processes > 1:
+        flags = {"--host": host, "--data-dir": data_dir, "--workers": workers, "--config": config}
+        args = [f"{name}={value}" for name, value in flags.items() if value is not None]
+        raise typer.Exit(_supervise(settings, sock, args, port_file))
     settings = settings.model_copy(update={"port": int(sock.getsockname()[1])})  # video_urls
     api = create_app(settings)
     server = DrainingServer(
@@ -106,7 +127,23 @@ def serve(
         api,
         settings.drain_seconds,  # SIGTERM: /readyz 503 and serving on this long, then stop
     )
+    if listen_fd is not None:
+        signal.signal(signal.SIGTERM, _stop_once(server))
     _run_server(server, sock, _banner(settings), port_file)
+
+
+def _stop_once(server: uvicorn.Server) -> Callable[[int, FrameType | None], None]:
+    """A child's SIGTERM handler outside uvicorn's own (installed while it serves): before
+    that, the signal stops the server as uvicorn's would; after it, when uvicorn re-raises
+    the signal it stopped on (so that a lone `serve` ends by SIGTERM, as uvicorn.run does),
+    nothing happens: the child exits with status 0, and its parent can tell a clean stop
+    from a crash."""
+
+    def handler(sig: int, frame: FrameType | None) -> None:
+        if not server.should_exit:
+            server.handle_exit(sig, frame)
+
+    return handler
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -122,6 +159,191 @@ def _bind(host: str, port: int) -> socket.socket:
         err.print(f"error: cannot listen on {host}:{port}: {exc}", **PLAIN)
         raise typer.Exit(3) from None
     return sock
+
+
+RESTART_DELAY = 1.0  # seconds before a dead API process (one that had come up) is restarted
+STOP_GRACE = 60.0  # seconds after drain_seconds that stopping children may take; then SIGKILL
+
+
+def _supervise(
+    settings: Settings, sock: socket.socket, args: list[str], port_file: Path | None
+) -> int:
+    """`serve --processes N`: N children, each a whole API process accepting on ``sock``
+    (see :class:`_Supervisor`); the exit status of ``serve``."""
+    sock.listen(2048)  # connections queue from now on, whichever child accepts them
+    if settings.db_url.startswith("sqlite"):
+        log.warning(
+            "%d API processes on SQLite: they share one database file's write lock and only "
+            "the process that took a submit wakes at once; PostgreSQL is the database for "
+            "several processes (docs/deploy.md)",
+            settings.processes,
+        )
+    signals: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda sig, frame: signals.append(sig))
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        with tempfile.TemporaryDirectory(prefix="stillmotion-serve-") as scratch:
+            return _Supervisor(settings, sock, args, Path(scratch), signals).run(port_file)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+
+
+class _Supervisor:
+    """The children of `serve --processes N` (each `serve --listen-fd FD --processes=1`).
+
+    They run in process groups of their own (a terminal's Ctrl-C reaches only the parent)
+    and get SIGTERM if the parent dies (Linux). Every SIGTERM or SIGINT the parent gets is
+    passed on to each child as a SIGTERM, so they drain and stop as one `serve` does (a
+    second signal: at once); the parent waits for them (``drain_seconds`` + ``STOP_GRACE``
+    at most, then SIGKILL and status 1) and logs how each one ended: a child stops with
+    status 0 (see :func:`_stop_once`), and any other status makes the parent's 1. A child
+    that dies after it came up (wrote its port file) is restarted after ``RESTART_DELAY``;
+    one that dies before it came up stops the others, and ``serve`` exits with status 3."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sock: socket.socket,
+        args: list[str],
+        scratch: Path,
+        signals: list[int],
+    ) -> None:
+        self.n = settings.processes
+        self.stop_seconds = settings.drain_seconds + STOP_GRACE
+        self.fd = sock.fileno()
+        self.port = int(sock.getsockname()[1])
+        self.command = [sys.executable, "-m", "stillmotion", "serve", *args, "--processes=1"]
+        self.env = {k: v for k, v in os.environ.items() if k != "STILLMOTION_PORT_FILE"}
+        self.scratch = scratch
+        self.signals = signals  # appended to by the signal handlers
+        self.forwarded = 0
+        self.children: list[subprocess.Popen[bytes] | None] = [None] * self.n
+        self.ready_files = [scratch / f"{slot}.port" for slot in range(self.n)]
+        self.ready = [False] * self.n
+        self.restart_at: list[float | None] = [None] * self.n
+        self.starts = 0
+        self.status = 0
+        self.stop_deadline: float | None = None
+
+    def start(self, slot: int) -> None:
+        self.starts += 1
+        self.ready[slot] = False
+        self.ready_files[slot] = self.scratch / f"{slot}-{self.starts}.port"
+        command = [*self.command, f"--listen-fd={self.fd}", f"--port-file={self.ready_files[slot]}"]
+        self.children[slot] = subprocess.Popen(
+            command,
+            env=self.env,
+            pass_fds=(self.fd,),
+            process_group=0,
+            preexec_fn=_die_with(os.getpid()),
+        )
+
+    def alive(self) -> list[subprocess.Popen[bytes]]:
+        return [c for c in self.children if c is not None and c.poll() is None]
+
+    def forward(self) -> None:
+        """Pass each signal received since the last call on, as SIGTERM, to every child."""
+        if len(self.signals) <= self.forwarded:
+            return
+        if self.stop_deadline is None:
+            log.info("stopping %d API processes", self.n)
+            self.stop_deadline = time.monotonic() + self.stop_seconds
+        for _ in self.signals[self.forwarded :]:
+            for child in self.alive():
+                child.send_signal(signal.SIGTERM)
+        self.forwarded = len(self.signals)
+
+    def check(self, slot: int) -> bool:
+        """Look after one slot; whether it has (or will have again) a live child."""
+        child = self.children[slot]
+        if child is None:
+            at = self.restart_at[slot]
+            if at is None:
+                return False
+            if self.stop_deadline is None and time.monotonic() >= at:
+                self.restart_at[slot] = None
+                self.start(slot)
+            return self.stop_deadline is None
+        code = child.poll()
+        # a child that wrote its port file and died before the next look had come up too
+        self.ready[slot] = self.ready[slot] or self.ready_files[slot].is_file()
+        if code is None:
+            return True
+        self.children[slot] = None
+        if self.stop_deadline is not None:
+            if code in (0, -signal.SIGTERM):  # -SIGTERM: stopped before it could drain
+                log.info("API process pid %d stopped (status %s)", child.pid, code)
+            else:
+                log.error("API process pid %d stopped with status %s", child.pid, code)
+                self.status = self.status or 1
+            return False
+        if self.ready[slot]:
+            log.error("API process pid %d exited with status %s; restarting it", child.pid, code)
+            self.restart_at[slot] = time.monotonic() + RESTART_DELAY
+            return True
+        log.error(
+            "API process pid %d exited with status %s before it served; stopping the others",
+            child.pid,
+            code,
+        )
+        self.status = 3
+        self.signals.append(signal.SIGTERM)
+        return False
+
+    def announce(self, port_file: Path | None) -> None:
+        if port_file is not None:
+            _write_port_file(port_file, self.port)
+        pids = ", ".join(str(c.pid) for c in self.children if c is not None)
+        sys.stderr.write(f"stillmotion serve: {self.n} API processes on port {self.port} ")
+        sys.stderr.write(f"(pids {pids})\n")
+        sys.stderr.flush()
+
+    def run(self, port_file: Path | None) -> int:
+        try:
+            for slot in range(self.n):
+                self.start(slot)
+            announced = False
+            while True:
+                self.forward()
+                running = [self.check(slot) for slot in range(self.n)]
+                if self.stop_deadline is not None:
+                    if not any(running):
+                        return self.status
+                    if time.monotonic() > self.stop_deadline:
+                        for child in self.alive():
+                            log.error("API process pid %d did not stop; killing it", child.pid)
+                        return self.status or 1
+                elif not announced and all(self.ready):
+                    announced = True
+                    self.announce(port_file)
+                time.sleep(0.05)
+        finally:
+            for child in self.alive():  # none left unless it timed out or failed
+                child.kill()
+            for left in self.children:
+                if left is not None:
+                    left.wait()
+
+
+def _die_with(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn``: the child gets SIGTERM when ``parent`` dies (Linux), so that a
+    killed `serve --processes N` leaves no API process behind."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def preexec() -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the prctl
+            os._exit(1)
+
+    return preexec
 
 
 def _write_port_file(path: Path, port: int) -> None:
