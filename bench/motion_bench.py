@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stillmotion.catalog import MODELS  # noqa: E402
 from stillmotion.domain import MediaRef, VideoRequest  # noqa: E402
 from stillmotion.engines.base import CancelSignal, EngineJob  # noqa: E402
-from stillmotion.engines.motion import MotionEngine  # noqa: E402
-from stillmotion.engines.motion_plan import MotionPlan, plan_motion  # noqa: E402
+from stillmotion.engines.motion.engine import MotionEngine  # noqa: E402
+from stillmotion.engines.motion.plan import MotionPlan, plan_motion  # noqa: E402
 from stillmotion.media.encode import DEFAULT_CRF, DEFAULT_PRESET, yuv420p_planes  # noqa: E402
 from stillmotion.testing.frames import (  # noqa: E402
     Box,

@@ -32,8 +32,8 @@ import httpx
 
 from stillmotion import catalog
 from stillmotion.config import Settings
-from stillmotion.engines.dashscope import DashScopeEngine
-from stillmotion.engines.dashscope_client import UpstreamClient
+from stillmotion.engines.dashscope.client import UpstreamClient
+from stillmotion.engines.dashscope.engine import DashScopeEngine
 from stillmotion.runtime import Runtime, open_runtime
 from stillmotion.tasks.keys import create_key
 from stillmotion.tasks.rows import ApiKeyRow

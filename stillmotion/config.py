@@ -240,6 +240,13 @@ class Settings(BaseSettings):
     dashscope_query_rate: float = Field(
         20.0, gt=0, description="Upstream polls, cancels and list calls per second per channel."
     )
+    models: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Models added to or overriding the shipped catalog: `[[models]]` tables in "
+        "the TOML config (or a JSON list), each of the shape of `stillmotion/models.toml` "
+        "(docs/models.md); a known `name` overrides that model field by field, `base` copies "
+        "another first.",
+    )
     dashscope_channels: list[DashScopeChannel] = Field(
         default_factory=list,
         description="Several upstream accounts: a JSON list (or TOML array of tables) of "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -77,14 +77,35 @@ class MediaRef:
         return cls(url=data.get("url"), storage_key=data.get("storage_key"), mime=data.get("mime"))
 
 
+#: media kinds of a normalised request (the ``media[].type`` names of Wan 2.7 / 3.0)
+FIRST_FRAME = "first_frame"
+LAST_FRAME = "last_frame"
+DRIVING_AUDIO = "driving_audio"
+FIRST_CLIP = "first_clip"
+REFERENCE_KINDS = ("reference_image", "reference_video", "reference_audio")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference asset of a ``media[]`` body (``reference_image`` and co), in order."""
+
+    kind: str
+    media: MediaRef
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "media": self.media.to_json()}
+
+
 @dataclass(frozen=True)
 class VideoRequest:
-    """A submit request after validation: every default filled in from the catalog."""
+    """A submit request after validation, whatever body generation it came in (legacy
+    ``img_url``/``audio_url``, ``media[]``, or kf2v's ``first_frame_url``/``last_frame_url``):
+    every default filled in from the catalog. Engines see only this."""
 
     model: str
     prompt: str
     negative_prompt: str
-    image: MediaRef
+    image: MediaRef | None  # the first frame; None: a media[] body of a clip or references
     audio_source: MediaRef | None
     resolution: str
     duration: int
@@ -93,13 +114,23 @@ class VideoRequest:
     seed: int
     prompt_extend: bool
     watermark: bool
+    #: the frame the video ends on (``media[last_frame]``, kf2v's ``last_frame_url``)
+    last_frame: MediaRef | None = None
+    #: a clip the video continues (``media[first_clip]``, Wan 2.7)
+    first_clip: MediaRef | None = None
+    references: tuple[Reference, ...] = ()
+    #: an effect template (``input.template``, legacy first-frame models)
+    template: str | None = None
+    #: parameters the contract does not know but the model does (the catalog's
+    #: ``extra_parameters``), passed on to an upstream as they came
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
-            "image": self.image.to_json(),
+            "image": self.image.to_json() if self.image else None,
             "audio_source": self.audio_source.to_json() if self.audio_source else None,
             "resolution": self.resolution,
             "duration": self.duration,
@@ -108,12 +139,16 @@ class VideoRequest:
             "seed": self.seed,
             "prompt_extend": self.prompt_extend,
             "watermark": self.watermark,
+            "last_frame": self.last_frame.to_json() if self.last_frame else None,
+            "first_clip": self.first_clip.to_json() if self.first_clip else None,
+            "references": [r.to_json() for r in self.references],
+            "template": self.template,
+            "extra": dict(self.extra),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VideoRequest:
-        image = MediaRef.from_json(data["image"])
-        assert image is not None
+        image = MediaRef.from_json(data.get("image"))
         return cls(
             model=data["model"],
             prompt=data["prompt"],
@@ -127,4 +162,18 @@ class VideoRequest:
             seed=int(data["seed"]),
             prompt_extend=bool(data["prompt_extend"]),
             watermark=bool(data["watermark"]),
+            last_frame=MediaRef.from_json(data.get("last_frame")),
+            first_clip=MediaRef.from_json(data.get("first_clip")),
+            references=tuple(_references(data.get("references") or [])),
+            template=data.get("template"),
+            extra=dict(data.get("extra") or {}),
         )
+
+
+def _references(items: list[dict[str, Any]]) -> list[Reference]:
+    out = []
+    for item in items:
+        media = MediaRef.from_json(item.get("media"))
+        if media is not None:
+            out.append(Reference(str(item["kind"]), media))
+    return out

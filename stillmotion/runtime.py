@@ -13,10 +13,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from stillmotion import catalog
-from stillmotion.api.render import TaskRenderer
 from stillmotion.config import Settings
 from stillmotion.engines.base import Engine
-from stillmotion.engines.registry import available, create_engine, load_factory
+from stillmotion.engines.registry import available, check_request, create_engine, load_factory
 from stillmotion.engines.relay_limits import RelayLimits
 from stillmotion.errors import ServiceError
 from stillmotion.money import MoneyError, PriceList, parse_factors, parse_overrides
@@ -25,6 +24,7 @@ from stillmotion.storage.local import LocalStorage
 from stillmotion.storage.signing import UrlSigner, load_or_create_secret
 from stillmotion.tasks.keys import KeyVerifier
 from stillmotion.tasks.notify import Listener
+from stillmotion.tasks.render import TaskRenderer
 from stillmotion.tasks.service import TaskService
 from stillmotion.tasks.store import TaskStore
 from stillmotion.worker.housekeeping import HousekeepingConfig
@@ -76,7 +76,12 @@ class Runtime:
 
 
 def resolve_routes(settings: Settings) -> dict[str, str]:
-    """``{model: engine}`` for every catalog model; unknown names fail at start."""
+    """``{model: engine}`` for every catalog model (the config's ``[[models]]`` installed
+    first); unknown names fail at start."""
+    try:
+        catalog.install(settings.models)
+    except catalog.CatalogError as exc:
+        raise ConfigurationError(f"[[models]]: {exc}") from None
     try:
         routes = settings.route_map()
     except ValueError as exc:
@@ -129,6 +134,7 @@ async def open_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         cancel_running=settings.cancel_running,
         prices=price_list(settings),
         billing=settings.billing == "on",
+        engine_check=check_request,
     )
     return Runtime(
         settings=settings,

@@ -56,7 +56,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         # runtime builds the task renderer it hands to the service; nothing else of api
         "runtime": (
             *("catalog", "domain", "errors", "config", "media", "storage", "engines"),
-            *("tasks", "worker", "api.render", "money"),
+            *("tasks", "worker", "money"),
         ),
         "api": (
             *("catalog", "domain", "errors", "config", "media", "storage", "engines"),
@@ -85,11 +85,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     }.items()
 }
 
-#: engines/*.py: shared modules, and families by prefix (``wan``, ``wan_*``). A family
-#: imports the shared modules and its own family only; shared modules import no family.
-ENGINE_SHARED = frozenset(
-    {"__init__", "base", "registry", "relay_limits"}
-)  # relay_limits: every relay
+#: engines/: shared modules at the top (relay_limits: every relay's), and one subpackage per
+#: family (``engines/wan/``). A family imports the shared modules and its own family only;
+#: shared modules import no family.
+ENGINE_SHARED = frozenset({"__init__", "base", "registry", "relay_limits"})
 ENGINE_FAMILIES = ("motion", "dashscope", "wan")
 
 FILES = sorted(PKG.rglob("*.py"))
@@ -155,17 +154,19 @@ def layer_violations(rel: Path, source: str) -> list[str]:
     return bad
 
 
-def _family(stem: str) -> str | None:
-    if stem in ENGINE_SHARED:
+def _family(name: str) -> str | None:
+    """The family of ``engines/<name>`` (a module stem or a subpackage); None: shared."""
+    if name in ENGINE_SHARED:
         return None
-    for family in ENGINE_FAMILIES:
-        if stem == family or stem.startswith(family + "_"):
-            return family
-    raise AssertionError(f"engines/{stem}.py is neither shared nor in a family {ENGINE_FAMILIES}")
+    if name in ENGINE_FAMILIES:
+        return name
+    raise AssertionError(f"engines/{name} is neither shared nor in a family {ENGINE_FAMILIES}")
 
 
 def family_violations(rel: Path, source: str) -> list[str]:
-    own = _family(rel.stem)
+    """``rel`` relative to the package: ``engines/base.py`` or ``engines/wan/loader.py``."""
+    inner = rel.parts[1:]
+    own = _family(inner[0] if len(inner) > 1 else rel.stem)
     bad = []
     for module in sorted(imported_modules(rel, source)):
         parts = module.split(".")
@@ -173,7 +174,7 @@ def family_violations(rel: Path, source: str) -> list[str]:
             continue
         theirs = _family(parts[2])
         if theirs is not None and theirs != own:
-            bad.append(f"engines/{rel.name} ({own or 'shared'}) imports {module} ({theirs})")
+            bad.append(f"engines/{'/'.join(inner)} ({own or 'shared'}) imports {module} ({theirs})")
     return bad
 
 
@@ -199,7 +200,9 @@ def test_imports_go_down(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", sorted((PKG / "engines").glob("*.py")), ids=lambda p: f"engines/{p.name}"
+    "path",
+    sorted((PKG / "engines").rglob("*.py")),
+    ids=lambda p: str(p.relative_to(PKG)),
 )
 def test_engine_families_do_not_import_each_other(path: Path) -> None:
     rel = path.relative_to(PKG)
@@ -245,8 +248,9 @@ def test_every_import_form_is_resolved(rel: str, source: str, expected: set[str]
         ("media/probe.py", "from stillmotion.storage import base"),
         ("media/probe.py", "from ..testing import images"),
         ("storage/local.py", "from ..media import fetch"),
-        ("engines/motion.py", "from stillmotion.tasks import store"),
-        ("engines/motion.py", "from stillmotion import config"),
+        ("engines/motion/engine.py", "from stillmotion.tasks import store"),
+        ("engines/motion/engine.py", "from stillmotion import config"),
+        ("runtime.py", "from stillmotion.api.render import TaskRenderer"),
         ("tasks/service.py", "from stillmotion.engines import base"),
         ("tasks/service.py", "from ..worker import runner"),
         ("tasks/service.py", "from stillmotion import config"),
@@ -275,13 +279,14 @@ def test_a_reach_upward_is_caught(rel: str, source: str) -> None:
 @pytest.mark.parametrize(
     ("rel", "source"),
     [
-        ("engines/wan.py", "from stillmotion.engines.motion_render import Watermark"),
-        ("engines/wan.py", "from stillmotion.engines import motion"),
-        ("engines/wan.py", "from . import dashscope_client"),
-        ("engines/motion_render.py", "from .wan_config import WanOptions"),
-        ("engines/dashscope_poll.py", "import stillmotion.engines.motion_plan"),
+        ("engines/wan/engine.py", "from stillmotion.engines.motion.render import Watermark"),
+        ("engines/wan/engine.py", "from stillmotion.engines import motion"),
+        ("engines/wan/engine.py", "from ..dashscope import client"),
+        ("engines/motion/render.py", "from ..wan.config import WanOptions"),
+        ("engines/dashscope/poll.py", "import stillmotion.engines.motion.plan"),
         ("engines/base.py", "from stillmotion.engines.wan import WanEngine"),
         ("engines/registry.py", "from . import motion"),
+        ("engines/relay_limits.py", "from .dashscope.channels import Channel"),
     ],
 )
 def test_a_cross_family_import_is_caught(rel: str, source: str) -> None:
@@ -289,14 +294,17 @@ def test_a_cross_family_import_is_caught(rel: str, source: str) -> None:
 
 
 def test_a_family_may_import_itself_and_the_shared_modules() -> None:
-    source = "from . import wan_loader, base\nfrom .registry import available\nimport stillmotion"
-    assert family_violations(Path("engines/wan.py"), source) == []
+    source = "from . import loader\nfrom .. import base\nfrom ..registry import available\n"
+    source += "import stillmotion\nfrom stillmotion.engines.relay_limits import Limit"
+    assert family_violations(Path("engines/wan/engine.py"), source) == []
     with pytest.raises(AssertionError, match="neither shared nor in a family"):
         family_violations(Path("engines/sora.py"), "")
+    with pytest.raises(AssertionError, match="neither shared nor in a family"):
+        family_violations(Path("engines/sora/engine.py"), "")
 
 
 def test_engines_do_not_import_heavy_things_at_module_level() -> None:
-    for path in (PKG / "engines").glob("*.py"):
+    for path in (PKG / "engines").rglob("*.py"):
         top = ast.parse(path.read_text()).body
         names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module or "" for n in top if isinstance(n, ast.ImportFrom)}

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from stillmotion.engines.base import CancelSignal, EngineJob, EngineResult, ProgressFn
-from stillmotion.engines.motion import MotionEngine
+from stillmotion.engines.motion.engine import MotionEngine
 from stillmotion.runtime import Runtime
 from stillmotion.testing.images import image_bytes
 from stillmotion.testing.media_server import MediaServer

@@ -248,7 +248,7 @@ async def test_relay_upstream_calls_by_channel_and_status(
 
 
 def test_relay_errors_and_refusals_are_counted() -> None:
-    from stillmotion.engines.dashscope_client import UpstreamClient, UpstreamError
+    from stillmotion.engines.dashscope.client import UpstreamClient, UpstreamError
 
     def answer(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/down"):

@@ -21,15 +21,15 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from stillmotion.catalog import MODELS
 from stillmotion.domain import MediaRef, VideoRequest
 from stillmotion.engines.base import CancelSignal, EngineJob, EngineResult
-from stillmotion.engines.motion import MotionEngine
-from stillmotion.engines.motion_plan import (
+from stillmotion.engines.motion.engine import MotionEngine
+from stillmotion.engines.motion.plan import (
     MAX_UPSCALE,
     Move,
     detect_move,
     find_focus_points,
     plan_motion,
 )
-from stillmotion.engines.motion_render import (
+from stillmotion.engines.motion.render import (
     RenderArgs,
     _focus_points,
     load_source,
@@ -531,7 +531,7 @@ def test_a_maximal_png_is_handed_to_rendering_reduced_and_decoded_once(
     """8000x8000 in a small file, for a 960x960 video in two pieces: the first piece
     decodes it to at most twice the output's sides times ``SOURCE_SCALE``, the second reads
     that instead of decoding the image again."""
-    import stillmotion.engines.motion_render as motion_render
+    import stillmotion.engines.motion.render as motion_render
 
     path = tmp_path / "huge.png"
     img = Image.new("RGB", (8000, 8000), (40, 90, 150))

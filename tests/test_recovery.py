@@ -21,7 +21,7 @@ import pytest
 
 from stillmotion.domain import TaskStatus
 from stillmotion.engines.base import CancelSignal
-from stillmotion.engines.motion import MotionEngine
+from stillmotion.engines.motion.engine import MotionEngine
 from stillmotion.storage.local import LocalStorage
 from stillmotion.storage.signing import UrlSigner
 from stillmotion.tasks.store import REAPED_CODE, WORKER_LOST_CODE, TaskRow, TaskStore

@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from stillmotion.config import Settings
-from stillmotion.engines.dashscope import DashScopeEngine
+from stillmotion.engines.dashscope.engine import DashScopeEngine
 from stillmotion.runtime import Runtime
 from stillmotion.testing.fake_dashscope import FakeConfig, FakeDashScopeServer, Fault
 from stillmotion.testing.fake_dashscope_state import FakeTask

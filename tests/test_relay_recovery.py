@@ -12,8 +12,8 @@ import pytest
 
 from stillmotion.config import Settings
 from stillmotion.engines.base import EngineJob
-from stillmotion.engines.dashscope import DashScopeEngine
-from stillmotion.engines.dashscope_channels import Channel
+from stillmotion.engines.dashscope.channels import Channel
+from stillmotion.engines.dashscope.engine import DashScopeEngine
 from stillmotion.runtime import ENGINE_OPTIONS, Runtime, build_worker
 from stillmotion.testing.fake_dashscope import FakeConfig, FakeDashScopeServer
 from stillmotion.worker.worker import Worker

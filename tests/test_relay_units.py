@@ -8,8 +8,7 @@ import time
 import httpx
 import pytest
 
-from stillmotion.engines.dashscope import DashScopeEngine
-from stillmotion.engines.dashscope_channels import (
+from stillmotion.engines.dashscope.channels import (
     Admission,
     Channel,
     ChannelConfig,
@@ -19,7 +18,8 @@ from stillmotion.engines.dashscope_channels import (
     parse_channels,
     parse_model_map,
 )
-from stillmotion.engines.dashscope_client import Failure, classify, retry_after
+from stillmotion.engines.dashscope.client import Failure, classify, retry_after
+from stillmotion.engines.dashscope.engine import DashScopeEngine
 from stillmotion.errors import EngineDeferred, ModelUnavailable
 
 DEFAULT = ChannelConfig("default", "https://d.example/api/v1", ("sk-a",), 10, 2.0, 20.0, {})

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from stillmotion.api.render import TaskRenderer
 from stillmotion.storage.base import Storage
 from stillmotion.storage.local import LocalStorage
 from stillmotion.storage.signing import UrlSigner
 from stillmotion.tasks.admission import Ask
 from stillmotion.tasks.keys import create_key
+from stillmotion.tasks.render import TaskRenderer
 from stillmotion.tasks.retention import EXPIRED_AT, video_from_key
 from stillmotion.tasks.store import TaskStore
 from tests.store_fixtures import FakeClock

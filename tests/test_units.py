@@ -41,7 +41,8 @@ def test_output_size_keeps_aspect_and_area() -> None:
 
 def test_frames_are_duration_times_fps() -> None:
     assert frame_count(5, 30) == 150
-    assert all(m.fps == 30 for m in catalog.MODELS.values())
+    assert frame_count(5, 16) == 80  # Wan 2.1's 16 fps
+    assert {m.fps for m in catalog.MODELS.values()} == {16, 30}
 
 
 def test_catalog_rules() -> None:

@@ -33,8 +33,7 @@ from stillmotion.catalog import get_model
 from stillmotion.config import Settings
 from stillmotion.domain import MediaRef, VideoRequest
 from stillmotion.engines.base import EngineJob
-from stillmotion.engines.wan import DEFAULT_NEGATIVE_PROMPT, WanEngine, plan_job
-from stillmotion.engines.wan_config import (
+from stillmotion.engines.wan.config import (
     FAMILIES,
     FAMILY_5B,
     FAMILY_21,
@@ -45,6 +44,7 @@ from stillmotion.engines.wan_config import (
     wan_num_frames,
     wan_size,
 )
+from stillmotion.engines.wan.engine import DEFAULT_NEGATIVE_PROMPT, WanEngine, plan_job
 from stillmotion.runtime import ConfigurationError, Runtime, build_engines, open_runtime
 from stillmotion.tasks.keys import create_key
 from stillmotion.testing.images import data_uri, sample_image

@@ -60,7 +60,9 @@ async def submit(request: Request) -> Any:
     return await submit_task(request, await get_caller(request))
 
 
-async def submit_task(request: Request, caller: Caller) -> JSONResponse:
+async def submit_task(
+    request: Request, caller: Caller, endpoint: str | None = None
+) -> JSONResponse:
     """Both submit paths (reseller and DashScope-native) end here. The body's JSON is parsed
     by ``service.parse``: a big body's join and parse happen in a thread, not on the loop."""
     service = caller.runtime.service
@@ -68,7 +70,9 @@ async def submit_task(request: Request, caller: Caller) -> JSONResponse:
     idem = await idempotency(request, chunks)
     callback = request.headers.get(CALLBACK_HEADER)
     body = await service.parse(chunks)
-    row = await service.submit(caller.key, body, idempotency=idem, callback=callback)
+    row = await service.submit(
+        caller.key, body, idempotency=idem, callback=callback, endpoint=endpoint
+    )
     output = {"task_id": row.id, "task_status": row.status.value}
     return JSONResponse({"request_id": caller.request_id, "output": output})
 

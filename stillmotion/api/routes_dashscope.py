@@ -90,26 +90,42 @@ class TaskListResponse(BaseModel):
     total_page: int
 
 
+_SUBMIT_ERRORS = error_responses(
+    400, 401, 403, 413, 415, 500, notes={403: "`AccessDenied`: no `X-DashScope-Async: enable`."}
+)
+AsyncHeader = Annotated[
+    str | None, Header(description="Must be `enable`: every task is asynchronous.")
+]
+
+
 @router.post(
     "/services/aigc/video-generation/video-synthesis",
     response_model=SubmitResponse,
-    summary="Submit a first-frame image-to-video task (DashScope-native)",
+    summary="Submit an image-to-video task (DashScope-native; img_url or media[] bodies)",
     dependencies=[Depends(no_retry_on_error)],
-    responses=error_responses(
-        400, 401, 403, 413, 415, 500, notes={403: "`AccessDenied`: no `X-DashScope-Async: enable`."}
-    ),
+    responses=_SUBMIT_ERRORS,
     openapi_extra=submit_extra(),
 )
-async def submit(
-    request: Request,
-    caller: CallerDep,
-    x_dashscope_async: Annotated[
-        str | None, Header(description="Must be `enable`: every task is asynchronous.")
-    ] = None,
+async def submit(request: Request, caller: CallerDep, x_dashscope_async: AsyncHeader = None) -> Any:
+    if (x_dashscope_async or "").strip().lower() != "enable":
+        raise AccessDenied(SYNC_REFUSED)
+    return await routes_bailian.submit_task(request, caller, "video-generation")
+
+
+@router.post(
+    "/services/aigc/image2video/video-synthesis",
+    response_model=SubmitResponse,
+    summary="Submit a first-and-last-frame task (DashScope-native; kf2v models)",
+    dependencies=[Depends(no_retry_on_error)],
+    responses=_SUBMIT_ERRORS,
+    openapi_extra=submit_extra(),
+)
+async def submit_kf2v(
+    request: Request, caller: CallerDep, x_dashscope_async: AsyncHeader = None
 ) -> Any:
     if (x_dashscope_async or "").strip().lower() != "enable":
         raise AccessDenied(SYNC_REFUSED)
-    return await routes_bailian.submit_task(request, caller)
+    return await routes_bailian.submit_task(request, caller, "image2video")
 
 
 @router.get(

@@ -10,11 +10,11 @@ from fastapi.responses import FileResponse
 
 from stillmotion.api.deps import KeyDep, RuntimeDep
 from stillmotion.api.openapi import SECURED, error_responses
-from stillmotion.api.render import TaskRenderer
 from stillmotion.api.routes_account import money_or_none, seconds_text
 from stillmotion.api.schemas import TaskSummaryList
 from stillmotion.errors import NotFound
 from stillmotion.money import format_micros
+from stillmotion.tasks.render import TaskRenderer
 from stillmotion.tasks.store import TaskRow
 
 router = APIRouter(tags=["web"])

@@ -43,8 +43,9 @@ class CancelSignal:
 class EngineJob:
     """Everything an engine needs to make one video.
 
-    ``image_path``/``audio_path`` are local files fetched and checked by the worker when the
-    engine asks for media (``Engine.needs_media``); a relay engine reads ``request`` instead.
+    ``image_path``/``audio_path``/``last_frame_path`` are local files fetched and checked by
+    the worker when the engine asks for media (``Engine.needs_media``); a relay engine reads
+    ``request`` instead.
     """
 
     task_id: str
@@ -57,6 +58,7 @@ class EngineJob:
     work_dir: Path
     image_path: Path | None = None
     audio_path: Path | None = None
+    last_frame_path: Path | None = None  # the frame to end on (``request.last_frame``)
     #: engine-private state persisted on the task (e.g. a relay's upstream task id); a task
     #: claimed again after a crash starts with what the last run saved
     state: dict[str, Any] = field(default_factory=dict)

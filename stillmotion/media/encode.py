@@ -109,7 +109,7 @@ class VideoWriter:
         # Frame threads are ~10 % faster than sliced ones beside a busy renderer. libx264
         # reads a little uninitialised heap, so the same frames could encode to different
         # bytes run to run (seen at 832x480 and 816x1104); the motion engine's processes fix
-        # that memory's contents (stillmotion.engines.motion_render.init_render_process),
+        # that memory's contents (stillmotion.engines.motion.render.init_render_process),
         # and then both thread modes give identical output.
         cc.thread_type = "SLICE" if sliced else "FRAME"
         cc.color_range = 1  # MPEG (limited)

@@ -120,9 +120,10 @@ async def write(conn: AsyncConnection, entries: list[Entry]) -> None:
 
 def billed_millis(result: Mapping[str, Any]) -> int:
     """The output duration to bill, in ms: the upstream's reported usage for a relayed task,
-    else the produced MP4's (frames / fps)."""
+    else the produced MP4's (frames / fps). Every usage shape (catalog ``usage``) names it:
+    ``output_video_duration`` (wan2.6), ``video_duration`` (ratio), ``duration`` (sr)."""
     usage = result.get("usage") or {}
-    seconds = usage.get("output_video_duration", usage.get("duration"))
+    seconds = usage.get("output_video_duration", usage.get("video_duration", usage.get("duration")))
     if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
         return round(float(seconds) * 1000)
     fps = float(result.get("fps") or 0)

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from stillmotion.domain import CANCELABLE, MediaRef, TaskStatus, is_clean_text
+from stillmotion.domain import CANCELABLE, MediaRef, TaskStatus, VideoRequest, is_clean_text
 from stillmotion.errors import InvalidParameter, UnsupportedOperation
 from stillmotion.ids import random_bytes
 from stillmotion.money import PriceList, cost_micros
@@ -124,6 +124,7 @@ class TaskService:
         on_submit: Callable[[TaskRow], None] | None = None,
         prices: PriceList | None = None,
         billing: bool = False,
+        engine_check: Callable[[str, VideoRequest], None] | None = None,
     ):
         self.store = store
         self.storage = storage
@@ -134,6 +135,9 @@ class TaskService:
         self._on_submit = on_submit
         self.prices = prices or PriceList()
         self.billing = billing
+        #: refuses (InvalidParameter) what the task's engine cannot make: media it cannot
+        #: use, a template it does not draw (the runtime asks the engine's class)
+        self.engine_check = engine_check
 
     def engine_for(self, model: str) -> str:
         return self.routes.get(model, self.default_engine)
@@ -162,11 +166,13 @@ class TaskService:
         *,
         idempotency: tuple[str, str] | None = None,
         callback: str | None = None,
+        endpoint: str | None = None,
     ) -> TaskRow:
         """Validate, price and create a task; ``idempotency`` is ``(Idempotency-Key, hash of
         the body)``: a key seen in the last 24 h answers its first task again. ``callback``:
         the ``X-Stillmotion-Callback`` header, a URL to POST the finished task to
-        (``tasks/webhooks.py``; checked like ``img_url``, 400 naming the header)."""
+        (``tasks/webhooks.py``; checked like ``img_url``, 400 naming the header).
+        ``endpoint``: the DashScope-native path it came to (``validation.NATIVE_PATHS``)."""
         if callback is not None:
             try:
                 check_callback_url(callback)
@@ -177,9 +183,7 @@ class TaskService:
             first = await self._replay(key, idempotency)
             if first is not None:
                 return first
-        validated = check_submit(body)
-        if validated.pending:
-            validated = await self.off_loop(decode_media, validated)
+        validated = await self.validate(body, endpoint)
         task_id = new_task_id()
         price, ask = self.quote(key, validated)
         try:
@@ -234,6 +238,15 @@ class TaskService:
             raise InvalidParameter(IDEMPOTENCY_CONFLICT.format(task_id=task_id))
         return await self.store.get_task(task_id)
 
+    async def validate(self, body: Any, endpoint: str | None = None) -> Validated:
+        """The body checked for its model and its engine, data URIs decoded (off the loop)."""
+        validated = check_submit(body, endpoint)
+        if self.engine_check is not None:
+            self.engine_check(self.engine_for(validated.spec.name), validated.request)
+        if validated.pending:
+            validated = await self.off_loop(decode_media, validated)
+        return validated
+
     async def _keep_blobs(self, task_id: str, validated: Validated) -> dict[str, Any]:
         """Store decoded data: URIs under ``inputs/<task_id>/`` and point the request at them."""
         request = validated.request
@@ -241,12 +254,18 @@ class TaskService:
             return request.to_json()
         for blob in validated.blobs:
             await self.storage.put_bytes(input_key(task_id, blob.name), blob.data)
-        image, audio = request.image, request.audio_source
-        if image.storage_key:
-            image = MediaRef(storage_key=input_key(task_id, image.storage_key), mime=image.mime)
-        if audio is not None and audio.storage_key:
-            audio = MediaRef(storage_key=input_key(task_id, audio.storage_key), mime=audio.mime)
-        return replace(request, image=image, audio_source=audio).to_json()
+
+        def kept(ref: MediaRef | None) -> MediaRef | None:
+            if ref is None or not ref.storage_key:
+                return ref
+            return MediaRef(storage_key=input_key(task_id, ref.storage_key), mime=ref.mime)
+
+        return replace(
+            request,
+            image=kept(request.image),
+            last_frame=kept(request.last_frame),
+            audio_source=kept(request.audio_source),
+        ).to_json()
 
     async def _drop_inputs(self, task_id: str) -> None:
         """Best effort: remove what ``_keep_blobs`` wrote for a task that was not created."""

@@ -9,6 +9,7 @@ Errors are ``InvalidParameter`` (400) naming the field and the allowed values.
 
 from __future__ import annotations
 
+import functools
 import re
 import tempfile
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from stillmotion.errors import EmptyInput, EmptyModel, InvalidParameter, TooLarg
 from stillmotion.ids import random_bytes
 from stillmotion.media.fetch import check_url_syntax
 from stillmotion.media.probe import probe_audio, probe_image
+from stillmotion.tasks.bodies import read_media
 from stillmotion.tasks.body import SplicedUri, b64decode_gently
 
 AUDIO_MIMES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/mpeg", "audio/mp3")
@@ -57,17 +59,38 @@ class Validated:
     pending: dict[str, str] = field(default_factory=dict)
 
 
-def validate_submit(body: Any) -> Validated:
+#: the DashScope-native submit paths, by the body generations they serve (contract 2.1)
+NATIVE_PATHS = {
+    "video-generation": "/api/v1/services/aigc/video-generation/video-synthesis",
+    "image2video": "/api/v1/services/aigc/image2video/video-synthesis",
+}
+
+
+def validate_submit(body: Any, endpoint: str | None = None) -> Validated:
     """The whole validation, data URIs decoded (synchronous: tests and tools)."""
-    return decode_media(check_submit(body))
+    return decode_media(check_submit(body, endpoint))
 
 
-def check_submit(body: Any) -> Validated:
+def _check_endpoint(spec: ModelSpec, endpoint: str | None) -> None:
+    """A native path serves its own models only: kf2v models on ``image2video``, the others
+    on ``video-generation``; the reseller path (None) serves every model."""
+    if endpoint is None:
+        return
+    wanted = "image2video" if spec.body == "kf2v" else "video-generation"
+    if endpoint != wanted:
+        raise InvalidParameter(
+            f"model {spec.name} is not served on this path; send it to POST {NATIVE_PATHS[wanted]}."
+        )
+
+
+def check_submit(body: Any, endpoint: str | None = None) -> Validated:
     """Everything but decoding ``data:`` URIs, which stay in ``pending``: cheap enough for the
-    event loop. The request keeps only the fields the contract defines, normalised."""
+    event loop. The request keeps only the fields the contract defines, normalised.
+    ``endpoint``: the native path it came to (``NATIVE_PATHS``), None for the reseller's."""
     if not isinstance(body, dict):
         raise InvalidParameter("The request body must be a JSON object.")
     spec = _model(body.get("model"))
+    _check_endpoint(spec, endpoint)
     inp = body.get("input")
     if inp is None:
         raise EmptyInput("Required parameter 'input' missing.")
@@ -78,20 +101,23 @@ def check_submit(body: Any) -> Validated:
         params = {}
     if not isinstance(params, dict):
         raise InvalidParameter("parameters must be a JSON object.")
-    if inp.get("template") not in (None, ""):
-        raise InvalidParameter(f"input.template is not supported by model {spec.name}.")
     pending: dict[str, str] = {}
-    image = _image(inp.get("img_url"), spec, pending)
+    media = read_media(
+        inp,
+        spec,
+        functools.partial(_image, spec=spec, pending=pending),
+        functools.partial(_audio_url, pending=pending),
+        _remote_url,
+    )
     audio = _audio_flag(params.get("audio"), spec)
-    audio_source = _audio_url(inp.get("audio_url"), pending)
     request = VideoRequest(
         model=spec.name,
         prompt=_text(inp.get("prompt"), "input.prompt", spec.prompt_max),
         negative_prompt=_text(
             inp.get("negative_prompt"), "input.negative_prompt", spec.negative_prompt_max
         ),
-        image=image,
-        audio_source=audio_source if audio else None,
+        image=media.image,
+        audio_source=media.audio_source if audio else None,
         resolution=_resolution(params.get("resolution"), spec),
         duration=_duration(params.get("duration"), spec),
         audio=audio,
@@ -99,6 +125,11 @@ def check_submit(body: Any) -> Validated:
         seed=_seed(params.get("seed")),
         prompt_extend=_bool(params.get("prompt_extend"), "parameters.prompt_extend", True),
         watermark=_bool(params.get("watermark"), "parameters.watermark", False),
+        last_frame=media.last_frame,
+        first_clip=media.first_clip,
+        references=tuple(media.references),
+        template=media.template,
+        extra={k: params[k] for k in spec.extra_parameters if k in params},
     )
     return Validated(request=request, spec=spec, pending=pending)
 
@@ -107,11 +138,17 @@ def decode_media(validated: Validated) -> Validated:
     """Decode and probe the pending ``data:`` URIs (CPU-bound: run it off the event loop).
     A decoded audio track the request does not use is checked but not kept."""
     request, blobs = validated.request, list(validated.blobs)
-    image_uri = validated.pending.get("image")
-    if image_uri is not None:
-        blob = _image_blob(image_uri, validated.spec)
-        blobs.append(blob)
-        request = replace(request, image=MediaRef(storage_key=blob.name, mime=blob.mime))
+    for key in ("image", "last_frame"):
+        image_uri = validated.pending.get(key)
+        if image_uri is not None:
+            what = validated.pending.get(f"{key}:field", "input.img_url")
+            blob = _image_blob(image_uri, validated.spec, key, what)
+            blobs.append(blob)
+            ref = MediaRef(storage_key=blob.name, mime=blob.mime)
+            if key == "image":
+                request = replace(request, image=ref)
+            else:
+                request = replace(request, last_frame=ref)
     audio_uri = validated.pending.get("audio_source")
     if audio_uri is not None:
         blob = _audio_blob(audio_uri)
@@ -145,34 +182,44 @@ def _text(value: Any, name: str, limit: int) -> str:
     return kept
 
 
-def _image(value: Any, spec: ModelSpec, pending: dict[str, str]) -> MediaRef:
+def _image(
+    value: Any, what: str, key: str, *, spec: ModelSpec, pending: dict[str, str]
+) -> MediaRef:
+    """An image field (``what``); a data URI waits in ``pending[key]`` for decode_media."""
     hint = "an http(s) URL or a data:{mime};base64,{data} URI of a JPEG, PNG, BMP or WEBP image"
     if value is None or value == "":
-        raise InvalidParameter(f"input.img_url is required: {hint}.")
+        raise InvalidParameter(f"{what} is required: {hint}.")
     if not isinstance(value, str):
-        raise InvalidParameter(f"input.img_url must be a string: {hint}.")
+        raise InvalidParameter(f"{what} must be a string: {hint}.")
     if value.startswith("data:"):
         if _decoded_size(value) > spec.image_max_bytes:
-            raise TooLarge(f"input.img_url is larger than {spec.image_max_bytes // 2**20} MB.")
-        pending["image"] = value
-        return MediaRef(storage_key="image")  # named and typed by decode_media
+            raise TooLarge(f"{what} is larger than {spec.image_max_bytes // 2**20} MB.")
+        pending[key] = value
+        pending[f"{key}:field"] = what  # for decode_media's errors
+        return MediaRef(storage_key=key)  # named and typed by decode_media
     if value.startswith("oss://"):
-        raise InvalidParameter(f"input.img_url: oss:// URLs only work on DashScope; send {hint}.")
-    _check_url(value, "input.img_url")
+        raise InvalidParameter(f"{what}: oss:// URLs only work on DashScope; send {hint}.")
+    _check_url(value, what)
     return MediaRef(url=value)
 
 
-def _audio_url(value: Any, pending: dict[str, str]) -> MediaRef | None:
-    if value is None or value == "":
-        return None
+def _audio_url(value: Any, what: str, key: str, *, pending: dict[str, str]) -> MediaRef:
     if not isinstance(value, str):
-        raise InvalidParameter("input.audio_url must be a string: an http(s) URL of a wav or mp3.")
+        raise InvalidParameter(f"{what} must be a string: an http(s) URL of a wav or mp3.")
     if value.startswith("data:"):
         if _decoded_size(value) > catalog.AUDIO_MAX_BYTES:
-            raise TooLarge("input.audio_url is larger than 15 MB.")
-        pending["audio_source"] = value
+            raise TooLarge(f"{what} is larger than 15 MB.")
+        pending[key] = value
         return MediaRef(storage_key="audio")  # named and typed by decode_media
-    _check_url(value, "input.audio_url")
+    _check_url(value, what)
+    return MediaRef(url=value)
+
+
+def _remote_url(value: Any, what: str) -> MediaRef:
+    """A clip or reference: an http(s) URL (passed on to an upstream as it is)."""
+    if not isinstance(value, str) or value.startswith("data:"):
+        raise InvalidParameter(f"{what} must be an http(s) URL.")
+    _check_url(value, what)
     return MediaRef(url=value)
 
 
@@ -210,12 +257,12 @@ def _decode(uri: str, what: str, allowed: Sequence[str]) -> tuple[str, bytes]:
     return mime, data
 
 
-def _image_blob(uri: str, spec: ModelSpec) -> Blob:
-    _, data = _decode(uri, "input.img_url", catalog.IMAGE_MIMES)
+def _image_blob(uri: str, spec: ModelSpec, key: str = "image", what: str = "input.img_url") -> Blob:
+    _, data = _decode(uri, what, catalog.IMAGE_MIMES)
     if len(data) > spec.image_max_bytes:
-        raise TooLarge(f"input.img_url is larger than {spec.image_max_bytes // 2**20} MB.")
+        raise TooLarge(f"{what} is larger than {spec.image_max_bytes // 2**20} MB.")
     info = probe_image(data, max_bytes=spec.image_max_bytes)
-    return Blob(name=f"image.{_EXT.get(info.mime, 'img')}", data=data, mime=info.mime)
+    return Blob(name=f"{key}.{_EXT.get(info.mime, 'img')}", data=data, mime=info.mime)
 
 
 def _audio_blob(uri: str) -> Blob:

@@ -33,11 +33,19 @@ from stillmotion.testing.fake_dashscope_state import (
     Fault,
     prompt_directives,
 )
-from stillmotion.testing.fake_dashscope_views import Views, error, list_page, result_file
+from stillmotion.testing.fake_dashscope_views import (
+    Views,
+    check_body,
+    error,
+    list_page,
+    result_file,
+)
 
 __all__ = ["FakeConfig", "FakeDashScopeServer", "FakeState", "Fault", "create_fake_app"]
 
 SUBMIT_PATH = "/api/v1/services/aigc/video-generation/video-synthesis"
+#: the first-and-last-frame (kf2v) models' own submit path (contract 2.1)
+KF2V_PATH = "/api/v1/services/aigc/image2video/video-synthesis"
 CANCEL_REFUSED = "Failed to cancel the task, please confirm if the task is in PENDING status."
 SYNC_REFUSED = "current user api does not support synchronous calls"
 
@@ -107,6 +115,12 @@ class _Api:
         return None
 
     async def submit(self, request: Request) -> Any:
+        return await self._submit(request, SUBMIT_PATH)
+
+    async def submit_kf2v(self, request: Request) -> Any:
+        return await self._submit(request, KF2V_PATH)
+
+    async def _submit(self, request: Request, path: str) -> Any:
         if (answer := await self.gate(request, "submit")) is not None:
             return answer
         if request.headers.get("x-dashscope-async", "").lower() != "enable":
@@ -115,13 +129,14 @@ class _Api:
             body = await request.json()
         except ValueError:
             return error(400, "InvalidParameter", "The request body is not valid JSON.")
-        if refusal := _check_submit(body):
+        if refusal := _check_submit(body, kf2v_path=path == KF2V_PATH):
             return refusal
         directives = prompt_directives(body)
         if directives.get("error"):
             status = int(directives["error"] or 500)
             return error(status, "InternalError", f"scripted HTTP {status}")
-        task = self.state.submit(request.state.key, body, request.headers.get(SUBMIT_ID_HEADER))
+        submit_id = request.headers.get(SUBMIT_ID_HEADER)
+        task = self.state.submit(request.state.key, body, submit_id, path=path)
         await asyncio.sleep(float(directives.get("slow") or 0))
         if "drop" in directives or request.state.drop:
             return _DropResponse()
@@ -169,16 +184,14 @@ class _Api:
         return self.state.stats()
 
 
-def _check_submit(body: Any) -> JSONResponse | None:
+def _check_submit(body: Any, *, kf2v_path: bool) -> JSONResponse | None:
     if not isinstance(body, dict) or not body.get("model"):
         return error(400, "BadRequest.EmptyModel", "Required parameter 'model' missing.")
     inp = body.get("input")
     if not isinstance(inp, dict):
         return error(400, "BadRequest.EmptyInput", "Required parameter 'input' missing.")
-    img = inp.get("img_url")
-    if not isinstance(img, str) or not img.startswith(("http://", "https://", "data:", "oss://")):
-        return error(400, "InvalidParameter", "The parameter img_url is required.")
-    return None
+    refusal = check_body(str(body["model"]), inp, kf2v_path=kf2v_path)
+    return error(400, "InvalidParameter", refusal) if refusal else None
 
 
 def create_fake_app(state: FakeState | None = None) -> FastAPI:
@@ -188,6 +201,7 @@ def create_fake_app(state: FakeState | None = None) -> FastAPI:
     app.state.fake = api.state
     routes: list[tuple[str, str, Any]] = [
         ("POST", SUBMIT_PATH, api.submit),
+        ("POST", KF2V_PATH, api.submit_kf2v),
         ("GET", "/api/v1/tasks/{task_id}", api.get_task),
         ("GET", "/api/v1/tasks/{task_id}/", api.get_task),
         ("POST", "/api/v1/tasks/{task_id}/cancel", api.cancel),

@@ -103,6 +103,9 @@ class FakeConfig:
     #: the output seconds ``usage`` reports (None: the requested duration), to check that
     #: the relay bills what the upstream says it produced rather than what was asked
     usage_seconds: float | None = None
+    #: the seconds of a ``media[first_clip]`` (a clip to continue) that ``usage`` reports as
+    #: ``input_video_duration`` (billed upstream as input: duration = input + output)
+    first_clip_seconds: float = 3.0
 
 
 class FakeState:
@@ -185,10 +188,14 @@ class FakeState:
 
     # -- tasks -----------------------------------------------------------------------------
 
-    def submit(self, key: str, body: dict[str, Any], submit_id: str | None) -> FakeTask:
+    def submit(
+        self, key: str, body: dict[str, Any], submit_id: str | None, *, path: str = ""
+    ) -> FakeTask:
+        """Record a submit (``path``: the one it came to) and make its task."""
         now = self.clock()
         with self.lock:
-            self.submits.append({"at": now, "key": key, "body": body, "submit_id": submit_id})
+            record = {"at": now, "key": key, "body": body, "submit_id": submit_id, "path": path}
+            self.submits.append(record)
             if submit_id and submit_id in self._by_submit_id:
                 return self.tasks[self._by_submit_id[submit_id]]
             task = self._new_task(key, body, now, submit_id)

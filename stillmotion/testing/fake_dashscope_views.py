@@ -1,4 +1,5 @@
-"""What the fake DashScope answers: task bodies, list pages, usage and the result MP4."""
+"""What the fake DashScope answers: which body a model takes, task bodies, list pages, usage
+and the result MP4."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import functools
 import io
 import math
+import re
 import uuid
 from fractions import Fraction
 from typing import Any
@@ -15,10 +17,88 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from stillmotion import catalog
+from stillmotion.catalog import ModelSpec
 from stillmotion.testing.fake_dashscope_state import FakeState, FakeTask, key_id
 
 MAX_LIST_WINDOW = 24 * 3600
 FPS = 30
+URL_SCHEMES = ("http://", "https://", "data:", "oss://")
+#: what DashScope answers a model sent to the other service path (contract 2.1)
+WRONG_PATH = "url error, please check url!"
+_REGION_SUFFIX = re.compile(r"-(us|intl)$")
+_FRAMES = ("first_frame", "last_frame")
+
+
+# -- which body a model takes (the catalog's ``body``: legacy, media or kf2v) -----------------
+
+
+def model_spec(model: str) -> ModelSpec | None:
+    """The catalog entry the fake plays ``model`` by (a regional ``-us`` name: its base's)."""
+    return catalog.get_model(model) or catalog.get_model(_REGION_SUFFIX.sub("", model))
+
+
+def model_body(model: str) -> str:
+    """The body generation ``model`` takes: the catalog's, else guessed from the name as the
+    SDK routes it (``kf2v`` in the name: kf2v; Wan 2.7 and 3.0: media; else legacy)."""
+    spec = model_spec(model)
+    if spec is not None:
+        return spec.body
+    if "kf2v" in model:
+        return "kf2v"
+    return "media" if model.startswith(("wan2.7", "wan3")) else "legacy"
+
+
+def _url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(URL_SCHEMES)
+
+
+def check_body(model: str, inp: dict[str, Any], *, kf2v_path: bool) -> str | None:
+    """Why upstream would refuse ``inp`` for ``model`` on this path (a 400
+    ``InvalidParameter`` message), or None. A body of another generation is refused as
+    DashScope refuses it: a model on the other service path with ``url error``, a legacy
+    ``img_url`` to a media model with ``Field required: input.media``."""
+    body = model_body(model)
+    if (body == "kf2v") != kf2v_path:
+        return WRONG_PATH
+    if body == "kf2v":
+        for name in ("first_frame_url", "last_frame_url"):
+            if not _url(inp.get(name)):
+                return f"Field required: input.{name}"
+        return None
+    if body == "media":
+        return _check_media(model, inp.get("media"))
+    if not _url(inp.get("img_url")):
+        return "The parameter img_url is required."
+    return None
+
+
+def _check_media(model: str, items: Any) -> str | None:
+    if not isinstance(items, list) or not items:
+        return "Field required: input.media"
+    spec = model_spec(model)
+    allowed = dict(spec.media) if spec is not None and spec.media else None
+    counts: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            return f"Input should be a valid dictionary: input.media.{i}"
+        kind = item.get("type")
+        kinds = allowed or dict.fromkeys(catalog.MEDIA_TYPES, 100)
+        if kind not in kinds:
+            return f"Input should be {', '.join(map(repr, kinds))}: input.media.{i}.type"
+        if not _url(item.get("url")):
+            return f"Field required: input.media.{i}.url"
+        counts[kind] = counts.get(kind, 0) + 1
+        if counts[kind] > kinds[kind]:
+            return f"input.media: at most {kinds[kind]} of type {kind!r}"
+    references = any(k.startswith("reference_") for k in counts)
+    if references and any(k in counts for k in _FRAMES):
+        return "input.media: reference media cannot be combined with first_frame or last_frame"
+    if "last_frame" in counts and "first_frame" not in counts:
+        return "input.media: a last_frame needs a first_frame"
+    if not references and "first_frame" not in counts and "first_clip" not in counts:
+        return "Field required: input.media[type=first_frame]"
+    return None
 
 
 def error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
@@ -27,24 +107,47 @@ def error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def usage_for(task: FakeTask, seconds: float | None = None) -> dict[str, Any]:
-    """``usage`` in the model family's shape (contract 2.6); ``seconds``: the duration to
-    report instead of the requested one."""
+def usage_for(
+    task: FakeTask, seconds: float | None = None, clip_seconds: float = 3.0
+) -> dict[str, Any]:
+    """``usage`` in the model's shape (the catalog's ``usage``, contract 2.6); ``seconds``:
+    the duration to report instead of the requested one; ``clip_seconds``: what a
+    ``media[first_clip]`` counts as input video."""
     params = task.parameters
     duration: float = int(params.get("duration") or 5) if seconds is None else seconds
     tier = int(str(params.get("resolution") or "1080P").upper().rstrip("P") or 1080)
-    if not task.model.startswith("wan2.6"):
+    spec = model_spec(task.model)
+    shape = (
+        spec.usage if spec is not None else "wan2.6" if task.model.startswith("wan2.6") else "sr"
+    )
+    if shape == "ratio":
+        return {"video_duration": duration, "video_ratio": "standard", "video_count": 1}
+    if shape == "sr":
         return {"duration": duration, "SR": tier, "video_count": 1}
+    media = (task.body.get("input") or {}).get("media") or []
+    clip = any(isinstance(m, dict) and m.get("type") == "first_clip" for m in media)
+    inputs = clip_seconds if clip else 0
     usage: dict[str, Any] = {
-        "duration": duration,
-        "input_video_duration": 0,
+        "duration": inputs + duration,
+        "input_video_duration": inputs,
         "output_video_duration": duration,
         "SR": tier,
         "video_count": 1,
     }
-    if "flash" in task.model:
+    optional = spec.audio == "optional" if spec is not None else "flash" in task.model
+    if optional:
         usage["audio"] = bool(params.get("audio", True))
     return usage
+
+
+def has_audio(task: FakeTask) -> bool:
+    """Whether the task's result has a sound track (the model's ``audio`` and the request's)."""
+    spec = model_spec(task.model)
+    if spec is not None and spec.audio == "never":
+        return False
+    if spec is not None and spec.audio == "always":
+        return True
+    return bool(task.parameters.get("audio", True))
 
 
 @functools.lru_cache(maxsize=32)
@@ -108,7 +211,8 @@ class Views:
             out["video_url"] = (
                 f"{base}/results/{task.task_id}.mp4?Expires={expires}&Signature={sig}"
             )
-            body["usage"] = usage_for(task, self.state.config.usage_seconds)
+            config = self.state.config
+            body["usage"] = usage_for(task, config.usage_seconds, config.first_clip_seconds)
         return body
 
     def list_item(self, task: FakeTask) -> dict[str, Any]:
@@ -180,6 +284,5 @@ async def result_file(state: FakeState, task_id: str, request: Request) -> Respo
     width, height = state.config.video_size
     params = task.parameters
     seconds = int(params.get("duration") or 5)
-    audio = bool(params.get("audio", True))
-    data = await asyncio.to_thread(make_mp4, width, height, seconds, audio)
+    data = await asyncio.to_thread(make_mp4, width, height, seconds, has_audio(task))
     return Response(data, media_type="video/mp4")

@@ -450,15 +450,28 @@ function updateSizeInfo() {
 
 // ---------------------------------------------------------------- submit
 
+// The model's body generation (GET /v1/models `body`, docs/api.md): legacy img_url, a
+// media[] list (Wan 2.7 / 3.0), or kf2v's first and last frame (here: the one image twice).
+function bodyMedia(kind, image, audioUrl) {
+  if (kind === "media") {
+    const media = [{ type: "first_frame", url: image }];
+    if (audioUrl) media.push({ type: "driving_audio", url: audioUrl });
+    return { media };
+  }
+  if (kind === "kf2v") return { first_frame_url: image, last_frame_url: image };
+  const input = { img_url: image };
+  if (audioUrl) input.audio_url = audioUrl;
+  return input;
+}
+
 function requestBody() {
   const model = state.model;
-  const input = { img_url: state.image.uri };
   const prompt = $("prompt").value.trim();
   const negative = $("negative-prompt").value.trim();
   const audioUrl = $("audio-url").value.trim();
+  const input = bodyMedia(model.body, state.image.uri, audioUrl);
   if (prompt) input.prompt = prompt;
   if (negative) input.negative_prompt = negative;
-  if (audioUrl) input.audio_url = audioUrl;
   const parameters = {
     resolution: checkedValue("resolution"),
     duration: durationValue(),

@@ -123,9 +123,11 @@ class TaskRunner:
     async def _prepare(
         self, row: TaskRow, spec: ModelSpec, request: VideoRequest, engine: Engine, work_dir: Path
     ) -> EngineJob:
-        image_path = audio_path = None
+        image_path = audio_path = last_path = None
         width = height = 0
         if engine.needs_media:
+            if request.image is None:  # refused at submit for engines that need one
+                raise PermanentEngineError(f"engine {engine.name} needs a first frame")
             image_path = await self._media(
                 request.image, work_dir / "input-image", "input.img_url", spec.image_max_bytes
             )
@@ -139,6 +141,14 @@ class TaskRunner:
                     catalog.AUDIO_MAX_BYTES,
                 )
                 await asyncio.to_thread(probe_audio, audio_path)
+            if request.last_frame is not None:
+                last_path = await self._media(
+                    request.last_frame,
+                    work_dir / "input-last-frame",
+                    "input.last_frame",
+                    spec.image_max_bytes,
+                )
+                await asyncio.to_thread(probe_image, last_path, max_bytes=spec.image_max_bytes)
         return EngineJob(
             task_id=row.id,
             spec=spec,
@@ -150,6 +160,7 @@ class TaskRunner:
             work_dir=work_dir,
             image_path=image_path,
             audio_path=audio_path,
+            last_frame_path=last_path,
             state=dict(row.engine_state),
             save_state=functools.partial(self.store.save_state, row.id, _claim(row)),
         )

@@ -6,8 +6,9 @@ is known, then polls on a per-task schedule (short first, longer later; backoff 
 ``Retry-After`` on failures) until the upstream task ends, and the MP4 copied into our
 storage. A task is never submitted twice: a task claimed again resumes polling its saved
 upstream id, or, when only the marker was saved, is reconciled through the upstream task
-list (:mod:`dashscope_reconcile`) or failed with ``InternalError.SubmitUnknown``.
-docs/relay.md describes configuration, channels and faults.
+list (:mod:`reconcile`) or failed with ``InternalError.SubmitUnknown``. The submit body is
+the one the upstream model takes (:mod:`bodies`: legacy, media[] or kf2v, translated when a
+model map crosses generations). docs/relay.md describes configuration, channels and faults.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import httpx
 
 from stillmotion.domain import CANCELABLE, UPSTREAM_USAGE, MediaRef
 from stillmotion.engines.base import CancelSignal, EngineJob, EngineResult, ProgressFn
-from stillmotion.engines.dashscope_channels import (
+from stillmotion.engines.dashscope import bodies
+from stillmotion.engines.dashscope.channels import (
     Admission,
     Channel,
     ChannelConfig,
@@ -34,15 +36,15 @@ from stillmotion.engines.dashscope_channels import (
     parse_model_map,
     split_keys,
 )
-from stillmotion.engines.dashscope_client import (
+from stillmotion.engines.dashscope.client import (
     Failure,
     UpstreamClient,
     UpstreamError,
     make_http_client,
 )
-from stillmotion.engines.dashscope_poll import Relay, RelayTimings, UpstreamTask, save_state
-from stillmotion.engines.dashscope_reconcile import Ambiguous, find_submitted
-from stillmotion.engines.dashscope_result import download_result, probe_video
+from stillmotion.engines.dashscope.poll import Relay, RelayTimings, UpstreamTask, save_state
+from stillmotion.engines.dashscope.reconcile import Ambiguous, find_submitted
+from stillmotion.engines.dashscope.result import download_result, probe_video
 from stillmotion.engines.relay_limits import RelayLimits
 from stillmotion.errors import (
     EngineCanceled,
@@ -73,6 +75,8 @@ class DashScopeEngine:
     """Relay tasks to DashScope channels; see the module docstring and docs/relay.md."""
 
     name = "dashscope"
+    media_kinds = None  # every media kind and template the catalog allows: passed on
+    templates = None
     needs_media = False
 
     def __init__(
@@ -167,7 +171,7 @@ class DashScopeEngine:
             usage = body.get("usage")
             if isinstance(usage, dict) and usage:  # delivered upstream: billable from here on
                 await save_state(job, {**task.state, UPSTREAM_USAGE: dict(usage)})
-            return await self._collect(job, body, progress)
+            return await self._collect(job, body, progress, self._target(job, task))
         finally:
             await self.admission.release(job.task_id)
             self._upstream_ids.pop(job.task_id, None)
@@ -223,7 +227,8 @@ class DashScopeEngine:
     async def _send(self, channel: Channel, key: str, body: dict[str, Any], submit_id: str) -> str:
         """The one submit call (a seam for tests that crash around it)."""
         log.info("submitting to channel %s with key %s", channel.name, key_fingerprint(key))
-        return await self._client().submit(channel.config.base_url, key, body, submit_id)
+        path = bodies.submit_path(body)
+        return await self._client().submit(channel.config.base_url, key, body, submit_id, path)
 
     def _take_out(self, channel: Channel, key: str, exc: UpstreamError) -> None:
         channel.keys.take_out(key)
@@ -337,25 +342,24 @@ class DashScopeEngine:
         return await self._submitted(job, channel, key, marker, found, progress)
 
     async def _upstream_body(self, job: EngineJob, channel: Channel) -> dict[str, Any]:
-        req = job.request
-        inp: dict[str, Any] = {"prompt": req.prompt, "img_url": await self._media(req.image)}
-        if req.negative_prompt:
-            inp["negative_prompt"] = req.negative_prompt
-        if req.audio and req.audio_source is not None:
-            inp["audio_url"] = await self._media(req.audio_source)
-        params: dict[str, Any] = {
-            "resolution": req.resolution,
-            "duration": req.duration,
-            "prompt_extend": req.prompt_extend,
-            "watermark": req.watermark,
-            "seed": req.seed,
-        }
-        if job.spec.shot_types:
-            params["shot_type"] = req.shot_type
-        if job.spec.audio == "optional":
-            params["audio"] = req.audio
-        model = channel.config.upstream_model(req.model)
-        return {"model": model, "input": inp, "parameters": params}
+        """The body the upstream model takes (``bodies.py``: the model map may cross body
+        generations); ``InvalidParameter.Untranslatable`` before anything is submitted."""
+        target = bodies.target(job.spec, channel.config.upstream_model(job.request.model))
+        if target.model != job.request.model and target.body != job.spec.body:
+            log.info(
+                "task %s: %s (%s body) goes up as %s (%s body)",
+                job.task_id,
+                job.request.model,
+                job.spec.body,
+                target.model,
+                target.body,
+            )
+        return await bodies.build_body(job.request, target, self._media)
+
+    def _target(self, job: EngineJob, task: UpstreamTask) -> bodies.Target:
+        """The model the task went up as: the one its submit marker recorded."""
+        model = task.state.get("model") or task.channel.config.upstream_model(job.request.model)
+        return bodies.target(job.spec, str(model))
 
     async def _media(self, ref: MediaRef) -> str:
         """A URL as sent, or the data: URI the client sent, rebuilt from our storage."""
@@ -372,7 +376,7 @@ class DashScopeEngine:
     # -- the result --------------------------------------------------------------------
 
     async def _collect(
-        self, job: EngineJob, body: dict[str, Any], progress: ProgressFn
+        self, job: EngineJob, body: dict[str, Any], progress: ProgressFn, target: bodies.Target
     ) -> EngineResult:
         out = body["output"]
         url = out.get("video_url")
@@ -389,6 +393,10 @@ class DashScopeEngine:
         info = await asyncio.to_thread(probe_video, dest)
         extra = {k: out[k] for k in ("orig_prompt", "actual_prompt") if out.get(k)}
         usage = body.get("usage")
+        settled = None
+        if isinstance(usage, dict) and usage:  # in the client model's shape (bodies.py)
+            size = (info.width, info.height)
+            settled = bodies.settle_usage(usage, job.request, target, size)
         return EngineResult(
             video_path=dest,
             width=info.width,
@@ -396,6 +404,6 @@ class DashScopeEngine:
             fps=info.fps,
             num_frames=info.num_frames,
             has_audio=info.has_audio,
-            usage=dict(usage) if isinstance(usage, dict) and usage else None,
+            usage=settled,
             extra_output=extra,
         )

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from stillmotion.engines.motion_plan import MotionPlan
+from stillmotion.engines.motion.plan import MotionPlan
 from stillmotion.media.encode import yuv420p_planes
 
 MAX_PRESCALED_PIXELS = 16_000_000

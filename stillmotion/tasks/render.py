@@ -79,8 +79,9 @@ class TaskRenderer:
         spec = get_model(row.model)
         if spec is None:
             return None
-        req = row.request
-        return usage_for(spec, req["resolution"], int(req["duration"]), bool(req["audio"]))
+        req, result = row.request, row.result
+        size = (int(result["width"]), int(result["height"])) if result.get("width") else None
+        return usage_for(spec, req["resolution"], int(req["duration"]), bool(req["audio"]), size)
 
     def body(self, row: TaskRow, rid: str) -> dict[str, Any]:
         body: dict[str, Any] = {"request_id": rid, "output": self.output(row)}

@@ -21,8 +21,8 @@ from typing import Any
 
 from stillmotion.domain import CANCELABLE
 from stillmotion.engines.base import CancelSignal, EngineJob, ProgressFn
-from stillmotion.engines.dashscope_channels import Channel
-from stillmotion.engines.dashscope_client import Failure, UpstreamClient, UpstreamError
+from stillmotion.engines.dashscope.channels import Channel
+from stillmotion.engines.dashscope.client import Failure, UpstreamClient, UpstreamError
 from stillmotion.errors import EngineCanceled, LeaseLost, PermanentEngineError
 
 log = logging.getLogger("stillmotion.engines.dashscope")

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
-from stillmotion.engines.dashscope_client import UpstreamClient, UpstreamError
+from stillmotion.engines.dashscope.client import UpstreamClient, UpstreamError
 
 log = logging.getLogger("stillmotion.engines.dashscope")
 

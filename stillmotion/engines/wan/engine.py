@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from stillmotion.engines import wan_loader
+from stillmotion.domain import DRIVING_AUDIO, FIRST_FRAME
 from stillmotion.engines.base import CancelSignal, EngineJob, EngineResult, ProgressFn
-from stillmotion.engines.wan_config import (
+from stillmotion.engines.wan import loader as wan_loader
+from stillmotion.engines.wan.config import (
     Family,
     WanOptions,
     check_extra,
@@ -38,7 +39,7 @@ from stillmotion.engines.wan_config import (
     wan_num_frames,
     wan_size,
 )
-from stillmotion.engines.wan_loader import CallArgs, Interrupted
+from stillmotion.engines.wan.loader import CallArgs, Interrupted
 from stillmotion.errors import EngineCanceled, PermanentEngineError
 from stillmotion.media.audio import load_audio, synth_ambience
 from stillmotion.media.encode import VideoWriter, yuv420p_planes
@@ -142,6 +143,9 @@ class WanEngine:
     """Wan 2.x image-to-video on one GPU (or the CPU), loaded once per worker process."""
 
     name = "wan"
+    #: what submits routed here may carry (engines/registry.py: check_request)
+    media_kinds = frozenset({FIRST_FRAME, DRIVING_AUDIO})
+    templates: frozenset[str] = frozenset()
     needs_media = True
     max_concurrency = 1
     #: never run inside `stillmotion serve`: the GPU work belongs to a dedicated worker

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from stillmotion.engines.wan_config import FAMILY_21, Family, WanOptions
+from stillmotion.engines.wan.config import FAMILY_21, Family, WanOptions
 
 log = logging.getLogger("stillmotion.engines.wan")
 

@@ -16,6 +16,7 @@ import httpx
 from stillmotion.metrics import record_relay_call
 
 SUBMIT_PATH = "/services/aigc/video-generation/video-synthesis"
+KF2V_PATH = "/services/aigc/image2video/video-synthesis"  # first-and-last-frame models
 #: Our per-submit marker: the fake honours it (a repeat returns the same task); DashScope
 #: ignores it. The relay never sends a submit twice either way.
 SUBMIT_ID_HEADER = "X-Stillmotion-Submit-Id"
@@ -155,11 +156,14 @@ class UpstreamClient:
             raise UpstreamError(Failure.UNAVAILABLE, "InternalError", "unexpected upstream body")
         return body
 
-    async def submit(self, base: str, key: str, body: dict[str, Any], submit_id: str) -> str:
-        """Create the upstream task; its id. Raises :class:`UpstreamError`."""
+    async def submit(
+        self, base: str, key: str, body: dict[str, Any], submit_id: str, path: str = SUBMIT_PATH
+    ) -> str:
+        """Create the upstream task on ``path`` (kf2v models: :data:`KF2V_PATH`); its id.
+        Raises :class:`UpstreamError`."""
         headers = {"X-DashScope-Async": "enable", SUBMIT_ID_HEADER: submit_id}
         answer = await self._call(
-            "POST", base + SUBMIT_PATH, key, may_apply=True, json=body, headers=headers
+            "POST", base + path, key, may_apply=True, json=body, headers=headers
         )
         task_id = (answer.get("output") or {}).get("task_id")
         if not task_id:

@@ -1,9 +1,12 @@
 """The built-in ``motion`` engine: animate the still first frame with a camera move.
 
-No model weights. The camera move comes from the prompt and seed (:mod:`motion_plan`), the
-frames are drawn as yuv420p planes (:mod:`motion_frames`) and go to libx264 on a thread
-while the next one is drawn; audio is the request's track (cut or padded), a synthetic
-ambience, or none (:mod:`motion_render`).
+No model weights. The camera move comes from the prompt and seed (:mod:`plan`), the
+frames are drawn as yuv420p planes (:mod:`frames`) and go to libx264 on a thread
+while the next one is drawn; audio is the request's track (``audio_url`` or driving audio,
+cut or padded), a synthetic ambience, or none (:mod:`render`). A request with a last frame
+ends on it: the camera move, then a flow-guided morph (:mod:`keyframes`); one with an effect
+template draws that effect over the first frame instead, the prompt unused
+(:mod:`templates`, which lists the ones drawn: :data:`MotionEngine.templates`).
 
 All of that CPU work runs in a process pool (spawn), never on the event loop. A video of
 at least two seconds is split into as many consecutive pieces as the pool has processes;
@@ -31,8 +34,9 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from stillmotion.domain import DRIVING_AUDIO, FIRST_FRAME, LAST_FRAME
 from stillmotion.engines.base import CancelSignal, EngineJob, EngineResult, ProgressFn
-from stillmotion.engines.motion_render import (
+from stillmotion.engines.motion.render import (
     CANCEL_NAME,
     PROGRESS_NAME,
     VIDEO_NAME,
@@ -44,6 +48,7 @@ from stillmotion.engines.motion_render import (
     render_video,
     split_render,
 )
+from stillmotion.engines.motion.templates import TEMPLATES
 from stillmotion.errors import (
     EngineCanceled,
     EngineError,
@@ -65,6 +70,10 @@ class MotionEngine:
     """
 
     name = "motion"
+    #: what submits routed here may carry (engines/registry.py: check_request)
+    media_kinds = frozenset({FIRST_FRAME, LAST_FRAME, DRIVING_AUDIO})
+    #: the effect templates it draws (templates.py); the submit check refuses the others
+    templates: frozenset[str] = TEMPLATES
     needs_media = True
 
     def __init__(
@@ -128,6 +137,15 @@ class MotionEngine:
 
     def _args(self, job: EngineJob) -> RenderArgs:
         req = job.request
+        if req.template is not None and req.template not in TEMPLATES:
+            drawn = ", ".join(sorted(TEMPLATES))
+            raise PermanentEngineError(
+                f"the motion engine draws no template {req.template!r}; it draws: {drawn}"
+            )
+        if req.last_frame is not None and job.last_frame_path is None:
+            raise PermanentEngineError("the motion engine needs the last-frame image")
+        if req.template is not None and req.last_frame is not None:
+            raise PermanentEngineError("a template and a last frame cannot be combined")
         return RenderArgs(
             image_path=str(job.image_path),
             audio_path=str(job.audio_path) if job.audio_path else None,
@@ -142,6 +160,8 @@ class MotionEngine:
             fps=job.fps,
             num_frames=job.num_frames,
             threads=self.threads,
+            template=req.template,
+            last_frame_path=str(job.last_frame_path) if job.last_frame_path else None,
         )
 
     async def _run(

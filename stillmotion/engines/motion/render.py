@@ -1,5 +1,8 @@
 """The render processes of the motion engine: one still in, ``video.mp4`` out.
 
+The frames are the camera plan's (:mod:`frames`), a first-to-last-frame morph's
+(:mod:`keyframes`) or an effect template's (:mod:`templates`); see :func:`_frame_source`.
+
 :func:`render_video` runs in a spawned pool process and takes plain values only. It talks
 to the engine through files in the job's work dir: it writes its progress file (the
 fraction done, atomically, every few frames) and stops when ``cancel`` appears.
@@ -16,16 +19,19 @@ import ctypes
 import fcntl
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
+import cv2
 import numpy as np
 from PIL import Image
 
-from stillmotion.engines.motion_frames import FrameSource
-from stillmotion.engines.motion_plan import SALIENCY_WIDTH, find_focus_points, plan_motion
+from stillmotion.engines.motion.frames import FrameSource
+from stillmotion.engines.motion.keyframes import KeyframeSource
+from stillmotion.engines.motion.plan import SALIENCY_WIDTH, find_focus_points, plan_motion
+from stillmotion.engines.motion.templates import TemplateSource
 from stillmotion.errors import ServiceError
 from stillmotion.media.audio import load_audio, synth_ambience
 from stillmotion.media.encode import VideoWriter, join_segments
@@ -66,6 +72,8 @@ class RenderArgs:
     fps: int
     num_frames: int
     threads: int = 2
+    template: str | None = None  # an effect template (templates.py): the prompt is unused
+    last_frame_path: str | None = None  # the frame to end on (keyframes.py)
     start: int = 0  # the frames this render draws: [start, stop) of num_frames
     stop: int | None = None
     output: str = VIDEO_NAME
@@ -134,6 +142,7 @@ def init_render_process() -> None:
         ctypes.CDLL(None).mallopt(_M_PERTURB, 0xA5)
     except (OSError, AttributeError):
         pass
+    cv2.setNumThreads(1)  # the pieces are the parallelism: no OpenCV threads besides
 
 
 def render_video(args: RenderArgs) -> RenderOutcome:
@@ -192,14 +201,10 @@ def _render(args: RenderArgs) -> RenderOutcome:
     control.check()
     size = (args.width, args.height)
     image = load_source(args)
-    focus = _focus_points(image) if args.shot_type == "multi" else []
-    plan = plan_motion(
-        args.prompt, args.seed, args.shot_type, image.size, size, args.num_frames, focus
-    )
     mark = Watermark(*size) if args.watermark else None
     audio = _audio_for(args) if args.whole else None  # pieces get theirs when joined
     control.check()
-    source = FrameSource(image, plan, size, (args.start, args.end))
+    source = _frame_source(args, image)
     count = args.end - args.start
     try:
         with VideoWriter(
@@ -211,12 +216,41 @@ def _render(args: RenderArgs) -> RenderOutcome:
                     control.report(n / count)
                 planes = source.draw(i)
                 if mark is not None:
-                    mark.apply(*planes)
+                    y, u, v = (_pil(p) for p in planes)
+                    mark.apply(y, u, v)
+                    planes = (y, u, v)
                 out.write_planes(*(np.asarray(p) for p in planes))
     finally:
         source.close()
     control.report(1.0)
     return RenderOutcome(canceled=False, has_audio=audio is not None, frames=count)
+
+
+class _Drawer(Protocol):
+    def draw(self, index: int) -> Sequence[Image.Image | np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+def _frame_source(args: RenderArgs, image: Image.Image) -> _Drawer:
+    """What draws this render's frames: a template, a first-to-last-frame morph, or the
+    camera plan."""
+    size, span = (args.width, args.height), (args.start, args.end)
+    if args.template is not None:
+        return TemplateSource(args.template, image, size, args.num_frames, args.seed)
+    if args.last_frame_path is not None:
+        fit = (args.width * SOURCE_SCALE[0], args.height * SOURCE_SCALE[0])
+        last = load_image_rgb(Path(args.last_frame_path), fit=fit, field="input.last_frame")
+        return KeyframeSource(image, last, args.prompt, args.seed, size, args.num_frames, span)
+    focus = _focus_points(image) if args.shot_type == "multi" else []
+    plan = plan_motion(
+        args.prompt, args.seed, args.shot_type, image.size, size, args.num_frames, focus
+    )
+    return FrameSource(image, plan, size, span)
+
+
+def _pil(plane: Image.Image | np.ndarray) -> Image.Image:
+    return plane if isinstance(plane, Image.Image) else Image.fromarray(plane)
 
 
 def load_source(args: RenderArgs) -> Image.Image:
