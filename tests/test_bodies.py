@@ -74,6 +74,8 @@ def test_wan30_references_and_their_rules() -> None:
     assert "cannot be combined with first_frame" in refused(mixed)
     many = media_body("wan3.0-video", *[("reference_image", FRAME)] * 11)
     assert "at most 10 media of type 'reference_image'" in refused(many)
+    clip = media_body("wan2.7-i2v", ("first_frame", FRAME), ("first_clip", "https://e.com/c.mp4"))
+    assert "cannot be combined with a 'first_frame'" in refused(clip)
     only_last = media_body("wan3.0-video", ("last_frame", LAST))
     assert "needs a media item of type 'first_frame'" in refused(only_last)
     long = media_body("wan3.0-video", ("first_frame", FRAME), duration=31)

@@ -174,6 +174,11 @@ def _check_combination(found: Media, spec: ModelSpec) -> None:
         raise InvalidParameter(
             f"input.media: {kinds} cannot be combined with first_frame or last_frame ({spec.name})."
         )
+    if found.first_clip is not None and found.image is not None:
+        raise InvalidParameter(
+            "input.media: a 'first_clip' (a clip to continue) cannot be combined with a "
+            f"'first_frame' ({spec.name})."
+        )
     if found.image is None and found.first_clip is None and not found.references:
         raise InvalidParameter(
             f"input.media: {spec.name} needs a media item of type 'first_frame' (the image to "
