@@ -89,7 +89,10 @@ async def test_unknown_keys_are_not_stored(
     assert set(row.request) == {
         "model", "prompt", "negative_prompt", "image", "audio_source", "resolution",
         "duration", "audio", "shot_type", "seed", "prompt_extend", "watermark",
+        # the normalised request's other media (tasks/bodies.py): empty for a legacy body
+        "last_frame", "first_clip", "references", "template", "extra",
     }  # fmt: skip
+    assert row.request["extra"] == {} and row.request["references"] == []
     stored = orjson.dumps(row.request)
     assert b"junk" not in stored and b"xxxx" not in stored and b"zzzz" not in stored
     assert len(stored) < 2000

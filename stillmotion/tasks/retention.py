@@ -49,6 +49,8 @@ EXPIRED_AT = "expired_at"
 #: the code and the body flag of a SUCCEEDED task whose result was deleted
 EXPIRED_CODE = "ResultExpired"
 TTL_SETTING = "STILLMOTION_RESULT_TTL_HOURS"
+#: set in ``result`` (with ``expired_at``) when the owner deleted the result before its TTL
+DELETED = "deleted"
 _TERMINAL = [s.value for s in TaskStatus if s.terminal and s is not TaskStatus.UNKNOWN]
 _NOT_MARKED = tasks.c.result[EXPIRED_AT].as_float().is_(None)
 _PENDING_DELIVERY = "pending"
@@ -68,6 +70,8 @@ def result_expired(row: TaskRow, now: float, ttl_seconds: float | None) -> bool:
 
 def expired_message(row: TaskRow, ttl_seconds: float | None) -> str:
     """The body's ``message`` for an expired result, naming the TTL it went under."""
+    if (row.result or {}).get(DELETED):
+        return "The result of this task was deleted by its owner (DELETE /v1/videos/{id})."
     hours = (row.result or {}).get("ttl_hours")
     if hours is None and ttl_seconds is not None:
         hours = ttl_seconds / 3600
@@ -94,7 +98,7 @@ def _object_keys(row: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     request = row["request"] or {}
     kept = any(
         isinstance(ref, dict) and ref.get("storage_key")
-        for ref in (request.get("image"), request.get("audio_source"))
+        for ref in (request.get("image"), request.get("last_frame"), request.get("audio_source"))
     )
     return sorted(videos), [f"inputs/{task_id}/"] if kept else []
 
@@ -197,11 +201,26 @@ class Retention:
     ) -> tuple[int, int]:
         now = float(self._clock())
         pick = self._pick(now - ttl_hours * 3600, batch, _NOT_MARKED)
+        mark = self._marker(now, {"ttl_hours": ttl_hours})
+        return await self._batch(storage, pick, mark, lambda _: True)
+
+    async def expire_task(self, storage: Storage, task_id: str) -> bool:
+        """Delete one finished task's objects now (its owner asked: ``DELETE /v1/videos``)
+        and mark it as the sweep does; False when it is not finished or already expired."""
+        now = float(self._clock())
+        pick = self._pick(now + 1, 1, _NOT_MARKED, tasks.c.id == task_id)
+        mark = self._marker(now, {DELETED: True})
+        return (await self._batch(storage, pick, mark, lambda _: True))[1] == 1
+
+    def _marker(
+        self, now: float, extra: dict[str, Any]
+    ) -> Callable[[AsyncConnection, list[Mapping[str, Any]]], Any]:
+        """Marks picked rows expired (``result.expired_at`` + ``extra``), with an event."""
 
         async def mark(conn: AsyncConnection, rows: list[Mapping[str, Any]]) -> int:
             done = 0
             for row in rows:
-                result = {**(row["result"] or {}), EXPIRED_AT: now, "ttl_hours": ttl_hours}
+                result = {**(row["result"] or {}), EXPIRED_AT: now, **extra}
                 stmt = (
                     sa.update(tasks)
                     .where(tasks.c.id == row["id"], _NOT_MARKED)
@@ -209,15 +228,14 @@ class Retention:
                 )
                 if (await conn.execute(stmt)).rowcount:
                     done += 1
-                    detail = {"ttl_hours": ttl_hours}
                     await conn.execute(
                         sa.insert(task_events).values(
-                            task_id=row["id"], at=now, kind="result_expired", detail=detail
+                            task_id=row["id"], at=now, kind="result_expired", detail=extra
                         )
                     )
             return done
 
-        return await self._batch(storage, pick, mark, lambda _: True)
+        return mark
 
     async def _purge_batch(self, storage: Storage, ttl_days: float, batch: int) -> tuple[int, int]:
         now = float(self._clock())
