@@ -572,5 +572,36 @@ def fake_dashscope(
     serve(_bind(host, port), config, ready=ready)
 
 
+@app.command("fake-videos")
+def fake_videos(
+    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Listen port (0: any free port).")] = 8002,
+    key: Annotated[
+        list[str] | None,
+        typer.Option(help="An accepted Bearer key (repeatable; default: accept any)."),
+    ] = None,
+    queued: Annotated[float, typer.Option(help="Seconds a video stays queued.")] = 2.0,
+    running: Annotated[float, typer.Option(help="Seconds a video stays in_progress.")] = 5.0,
+    model: Annotated[
+        str | None, typer.Option(help="The model it serves (when a request names none).")
+    ] = None,
+    port_file: PortFile = None,
+) -> None:
+    """Run a fake OpenAI-style /v1/videos server (as vLLM-Omni) (docs/fake-videos.md)."""
+    from stillmotion.testing.fake_videos import FakeVideosConfig, serve
+
+    config = FakeVideosConfig(keys=set(key or ()), queued_seconds=queued, running_seconds=running)
+    if model:
+        config.model = model
+    keys = f"keys: {len(config.keys)}" if config.keys else "any key"
+
+    def ready(bound: int) -> None:  # once the port accepts connections
+        if port_file is not None:
+            _write_port_file(port_file, bound)
+        err.print(f"fake /v1/videos on http://{host}:{bound}/v1 ({keys})", **PLAIN)
+
+    serve(_bind(host, port), config, ready=ready)
+
+
 def main() -> None:
     app()

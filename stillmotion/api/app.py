@@ -18,6 +18,7 @@ from stillmotion.api import (
     routes_files,
     routes_ops,
     routes_system,
+    routes_videos,
     routes_web,
 )
 from stillmotion.api.access_log import AccessLogMiddleware
@@ -31,7 +32,9 @@ DESCRIPTION = """Bailian / DashScope first-frame image-to-video task API.
 Submit with `POST /task/bailian/image2video`, poll `GET /task/{task_id}`, download
 `output.video_url`. The same service answers the DashScope-native paths under `/api/v1`.
 Authenticate with `Authorization: Bearer <key>` (`stillmotion keys create --name NAME`;
-in Swagger UI: **Authorize**). Every error is `{request_id, code, message}`.
+in Swagger UI: **Authorize**). Every error is `{request_id, code, message}`, except under
+`/v1/videos` (the OpenAI-style videos API), where it is OpenAI's `{"error": {message, type,
+param, code}}`.
 """
 
 
@@ -106,6 +109,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(routes_web.router)
     app.include_router(routes_account.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_videos.router)
     openapi.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLogMiddleware)  # outermost of ours: it sees 413s too

@@ -1,4 +1,7 @@
-"""The one error-to-HTTP mapping: every error answer is ``{request_id, code, message}``."""
+"""The one error-to-HTTP mapping: every error answer is ``{request_id, code, message}``, except
+on the OpenAI-style routes (``/v1/videos``), whose answers take OpenAI's error shape
+``{"error": {message, type, param, code}}`` with the same DashScope ``code`` (and the request
+id in the ``x-request-id`` header, where the ``openai`` SDK reads it)."""
 
 from __future__ import annotations
 
@@ -30,6 +33,34 @@ _HTTP_CODES = {
 }
 
 
+#: the path prefix of the routes whose errors take OpenAI's shape (``routes_videos.py``)
+OPENAI_PREFIX = "/v1/videos"
+#: OpenAI's error ``type`` by HTTP status; other 4xx are ``invalid_request_error``
+_OPENAI_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_shaped(scope: Scope) -> bool:
+    """Whether the request's errors answer in OpenAI's shape (its path is under ``/v1/videos``)."""
+    path = str(scope.get("path", ""))
+    return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
+
+
+def openai_type(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    return _OPENAI_TYPES.get(status, "invalid_request_error")
+
+
+def openai_error_body(code: str, message: str, status: int, param: str | None) -> dict[str, Any]:
+    return {
+        "error": {"message": message, "type": openai_type(status), "param": param, "code": code}
+    }
+
+
 def _state(request: Request) -> dict[str, Any]:
     """The request's state dict (what ``request.state`` wraps), read without the wrapper: the
     hot routes touch it on every request."""
@@ -50,9 +81,34 @@ def error_body(rid: str, code: str, message: str) -> dict[str, Any]:
 
 
 def error_response(
-    rid: str, code: str, message: str, status: int, headers: dict[str, str] | None = None
+    rid: str,
+    code: str,
+    message: str,
+    status: int,
+    headers: dict[str, str] | None = None,
+    *,
+    openai: bool = False,
+    param: str | None = None,
 ) -> JSONResponse:
+    """The error answer; ``openai``: in OpenAI's shape (``param``: the request field at fault)."""
+    if openai:
+        headers = {**(headers or {}), "x-request-id": rid}
+        body = openai_error_body(code, message, status, param)
+        return JSONResponse(body, status_code=status, headers=headers)
     return JSONResponse(error_body(rid, code, message), status_code=status, headers=headers)
+
+
+def _answer(
+    request: Request,
+    code: str,
+    message: str,
+    status: int,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
+) -> JSONResponse:
+    shaped = openai_shaped(request.scope)
+    rid = request_id(request)
+    return error_response(rid, code, message, status, headers, openai=shaped, param=param)
 
 
 async def no_retry_on_error(request: Request) -> None:
@@ -73,7 +129,9 @@ def _retry_headers(
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     headers = _retry_headers(request, exc.status, getattr(exc, "headers", None))
-    return error_response(request_id(request), exc.code, exc.message, exc.status, headers)
+    # ``param``: set by the OpenAI-style routes on the errors they can name a field for
+    param = getattr(exc, "param", None)
+    return _answer(request, exc.code, exc.message, exc.status, headers, param)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -83,16 +141,18 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
     message = str(exc.detail) if exc.detail else code
     headers = _retry_headers(request, exc.status_code, None)
-    return error_response(request_id(request), code, message, exc.status_code, headers)
+    return _answer(request, code, message, exc.status_code, headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    parts = []
+    parts, params = [], []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
         parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-    return error_response(request_id(request), "InvalidParameter", "; ".join(parts), 400)
+        params.append(loc)
+    param = params[0] if params and params[0] else None
+    return _answer(request, "InvalidParameter", "; ".join(parts), 400, param=param)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
@@ -103,10 +163,9 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    rid = request_id(request)
-    log.exception("unhandled error in request %s", rid)
+    log.exception("unhandled error in request %s", request_id(request))
     headers = _retry_headers(request, 500, None)
-    return error_response(rid, "InternalError", "An internal error occurred.", 500, headers)
+    return _answer(request, "InternalError", "An internal error occurred.", 500, headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -150,7 +209,12 @@ class BodyLimitMiddleware:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
-            str(uuid.uuid4()), TooLarge.code, self._message(), 413, {"Connection": "close"}
+            str(uuid.uuid4()),
+            TooLarge.code,
+            self._message(),
+            413,
+            {"Connection": "close"},
+            openai=openai_shaped(scope),
         )
         await response(scope, receive, send)
 

@@ -45,6 +45,11 @@ ASYNC_HEADER = "x-dashscope-async"
 TAGS: list[dict[str, Any]] = [
     {"name": "bailian", "description": "The reseller-shaped task API: submit, query, cancel."},
     {"name": "dashscope", "description": "The same service under DashScope's own paths."},
+    {
+        "name": "videos",
+        "description": "The OpenAI-style videos API (`client.videos` of the `openai` SDK): the "
+        "same tasks; errors in OpenAI's shape.",
+    },
     {"name": "account", "description": "The caller's account: balance, limits and usage."},
     {"name": "web", "description": "The web playground's task list."},
     {"name": "files", "description": "Signed downloads of results."},

@@ -64,6 +64,13 @@ async def download(
         row = await runtime.store.get_task(task_id)
         if row is not None and runtime.renderer.expired(row):
             raise ResultExpired(expired_message(row, runtime.renderer.result_ttl_seconds))
+    return await serve_object(storage, key, request)
+
+
+async def serve_object(storage: Storage, key: str, request: Request) -> Response:
+    """A stored object as the answer, with ``Range`` (and ``HEAD``): the one download path of
+    ``/files/{key}`` and ``GET /v1/videos/{id}/content``. Local storage answers with the file
+    itself; an object store's object is streamed one range at a time."""
     mp4 = key.endswith(".mp4")
     if isinstance(storage, LocalStorage):
         return FileResponse(
