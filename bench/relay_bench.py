@@ -1,11 +1,13 @@
-"""1000 relay tasks in flight against the fake DashScope upstream, through the real service.
+"""1000 relay tasks in flight against a fake upstream, through the real service.
 
-    python bench/relay_bench.py [--tasks 1000] [--running 60] [--poll-max 15]
+    python bench/relay_bench.py [--engine dashscope|openai-videos] [--tasks 1000]
+                                [--running 60] [--poll-max 15]
 
-Starts `stillmotion fake-dashscope` as a subprocess (its CPU is not ours), opens a stillmotion
-runtime (SQLite, the real worker and the `dashscope` engine) in this process, submits the
-tasks through TaskService, and waits until every one is SUCCEEDED with its MP4 in our
-storage. The fake keeps each task PENDING 1 s, RUNNING `--running` s, then SUCCEEDED.
+Starts the engine's fake (`stillmotion fake-dashscope`, or `stillmotion fake-videos` for
+`openai-videos`) as a subprocess (its CPU is not ours), opens a stillmotion runtime (SQLite,
+the real worker and the engine) in this process, submits the tasks through TaskService, and
+waits until every one is SUCCEEDED with its MP4 in our storage. The fake keeps each task
+PENDING (queued) 1 s, RUNNING (in_progress) `--running` s, then SUCCEEDED (completed).
 
 Prints: the poll cycle (1000 tasks all due at once, through the relay's client, pool and
 rate limiter), the refresh period each task actually got (gap between its polls), the delay
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,31 +36,44 @@ import httpx
 from stillmotion import catalog
 from stillmotion.config import Settings
 from stillmotion.engines.dashscope.client import UpstreamClient
-from stillmotion.engines.dashscope.engine import DashScopeEngine
+from stillmotion.engines.openai_videos.client import VideosClient
+from stillmotion.engines.relay.engine import RelayEngine
 from stillmotion.runtime import Runtime, open_runtime
 from stillmotion.tasks.keys import create_key
 from stillmotion.tasks.rows import ApiKeyRow
+from stillmotion.testing.images import data_uri
 
 KEY = "sk-bench"
+VIDEOS = "openai-videos"
 POLLS: list[tuple[str, float, float]] = []  # (upstream id, start, end), monotonic
 BODY: dict[str, Any] = {
     "model": "wan2.6-i2v-flash",
     "input": {"prompt": "bench", "img_url": "https://example.com/frame.png"},
     "parameters": {"resolution": "720P", "duration": 2},
 }
+#: openai-videos takes media (the worker fetches the frame): an inline one, and no audio to mux
+VIDEOS_BODY: dict[str, Any] = {
+    "model": "wan2.6-i2v-flash",
+    "input": {"prompt": "bench", "img_url": data_uri(480, 320, "JPEG")},
+    "parameters": {"resolution": "720P", "duration": 2, "audio": False},
+}
 
 
 def _instrument() -> None:
-    original = UpstreamClient.get
+    for cls in (UpstreamClient, VideosClient):
+        original = cls.get
 
-    async def timed(self: UpstreamClient, base: str, key: str, task_id: str) -> dict[str, Any]:
-        start = time.monotonic()
-        try:
-            return await original(self, base, key, task_id)
-        finally:
-            POLLS.append((task_id, start, time.monotonic()))
+        async def timed(
+            self: Any, base: str, key: str, task_id: str, original: Any = original
+        ) -> dict[str, Any]:
+            start = time.monotonic()
+            try:
+                result: dict[str, Any] = await original(self, base, key, task_id)
+                return result
+            finally:
+                POLLS.append((task_id, start, time.monotonic()))
 
-    UpstreamClient.get = timed  # type: ignore[method-assign]
+        cls.get = timed  # type: ignore[method-assign]
 
 
 def _free_port() -> int:
@@ -66,21 +82,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_fake(port: int, running: float) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "stillmotion",
-        "fake-dashscope",
-        "--port",
-        str(port),
-        "--key",
-        KEY,
-        "--pending",
-        "1",
-        "--running",
-        str(running),
-    ]
+def _start_fake(port: int, running: float, engine: str) -> subprocess.Popen[bytes]:
+    videos = engine == VIDEOS
+    fake, first = ("fake-videos", "--queued") if videos else ("fake-dashscope", "--pending")
+    cmd = [sys.executable, "-m", "stillmotion", fake, "--port", str(port), "--key", KEY]
+    cmd += [first, "1", "--running", str(running)]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     for _ in range(200):
         try:
@@ -104,10 +110,20 @@ async def _wait_done(runtime: Runtime, n: int) -> None:
         await asyncio.sleep(0.5)
 
 
-async def _upstream_ends(base: str) -> dict[str, float]:
-    """Upstream task id -> when it became SUCCEEDED (epoch), from the fake's task list."""
+async def _upstream_ends(base: str, engine: str) -> dict[str, float]:
+    """Upstream task id -> when it became SUCCEEDED (epoch), from the fake's task list
+    (the videos list says ``completed_at`` in whole seconds)."""
     ends: dict[str, float] = {}
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}) as http:
+        if engine == VIDEOS:
+            after: str | None = None
+            while True:
+                params: dict[str, Any] = {"limit": 100, **({"after": after} if after else {})}
+                body = (await http.get(f"{base}/videos", params=params)).json()
+                ends.update({v["id"]: float(v["completed_at"] or 0) for v in body["data"]})
+                if not body["has_more"]:
+                    return ends
+                after = body["last_id"]
         page = 1
         while True:
             params = {"page_no": page, "page_size": 100}
@@ -118,14 +134,15 @@ async def _upstream_ends(base: str) -> dict[str, float]:
             page += 1
 
 
-async def _burst_cycle(engine: DashScopeEngine, ids: list[str]) -> float:
-    """Poll every task once, all due at the same moment: the relay's own cycle time."""
+async def _burst_cycle(engine: RelayEngine, ids: list[str]) -> float:
+    """Poll every task once, all due at the same moment: the relay's own cycle time
+    (through its client, pool and the channel's query rate)."""
     channel = engine.admission.channels[0]
     client = engine._client()
 
     async def one(upstream_id: str) -> None:
-        await channel.queries.take()
-        await client.get(channel.config.base_url, KEY, upstream_id)
+        await channel.take_query()
+        await client.status(channel.config.base_url, KEY, upstream_id)
 
     start = time.monotonic()
     await asyncio.gather(*(one(i) for i in ids))
@@ -155,10 +172,12 @@ class _Count:
         setattr(store, name, counted)
 
 
-async def _heartbeat_cpu(runtime: Runtime, key_row: ApiKeyRow, n: int = 2000) -> float:
+async def _heartbeat_cpu(
+    runtime: Runtime, key_row: ApiKeyRow, engine: str, body: dict[str, Any], n: int = 2000
+) -> float:
     """CPU seconds of one lease renewal on this store (measured on a claimed task)."""
-    row = await runtime.service.submit(key_row, BODY)
-    claimed = await runtime.store.claim("bench-claim", 60, ["dashscope"])
+    row = await runtime.service.submit(key_row, body)
+    claimed = await runtime.store.claim("bench-claim", 60, [engine])
     assert claimed is not None and claimed.id == row.id
     cpu0 = time.process_time()
     for _ in range(n):
@@ -177,52 +196,63 @@ def _fake_cpu(pid: int) -> float:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     port = _free_port()
-    fake = _start_fake(port, args.running)
-    base = f"http://127.0.0.1:{port}/api/v1"
+    name = args.engine
+    fake = _start_fake(port, args.running, name)
+    videos = name == VIDEOS
+    base = f"http://127.0.0.1:{port}" + ("/v1" if videos else "/api/v1")
+    body = VIDEOS_BODY if videos else BODY
+    prefix = "openai_videos" if videos else "dashscope"
+    relay = {
+        f"{prefix}_base_url": base,
+        f"{prefix}_api_keys": KEY,
+        f"{prefix}_max_in_flight": args.tasks,
+        f"{prefix}_submit_rate": args.submit_rate,
+        f"{prefix}_query_rate": args.query_rate,
+        f"{prefix}_poll_first": 3.0,
+        f"{prefix}_poll_max": args.poll_max,
+        f"{prefix}_allow_private": True,
+    }
     settings = Settings(
         data_dir=Path(tempfile.mkdtemp(prefix="relay-bench-")),
-        routes=",".join(f"{m}=dashscope" for m in catalog.model_names()),
+        routes=",".join(f"{m}={name}" for m in catalog.model_names()),
         poll_interval=0.05,
-        dashscope_base_url=base,
-        dashscope_api_keys=KEY,  # type: ignore[arg-type]
-        dashscope_max_in_flight=args.tasks,
-        dashscope_submit_rate=args.submit_rate,
-        dashscope_query_rate=args.query_rate,
-        dashscope_poll_first=3.0,
-        dashscope_poll_max=args.poll_max,
-        dashscope_allow_private=True,
+        **relay,
     )
     runtime = await open_runtime(settings)
     try:
         key = await create_key(runtime.store, "bench")
         writes = {n: _Count(runtime.store, n) for n in ("heartbeat", "save_state", "claim")}
         worker = await runtime.start_worker()
-        engine = worker.engines["dashscope"]
-        assert isinstance(engine, DashScopeEngine)
+        engine = worker.engines[name]
+        assert isinstance(engine, RelayEngine)
         cpu0, loop0, t0 = time.process_time(), time.thread_time(), time.monotonic()
         for _ in range(args.tasks):
-            await runtime.service.submit(key.row, BODY)
+            await runtime.service.submit(key.row, body)
         submitted = time.monotonic() - t0
         await _wait_done(runtime, args.tasks)
         wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
         loop_cpu, fake_cpu = time.thread_time() - loop0, _fake_cpu(fake.pid)
         counted = {n: c.calls for n, c in writes.items()}
-        rows, _ = await runtime.store.list_tasks(key.row.id, limit=args.tasks)
-        ends = await _upstream_ends(base)
+        listed, _ = await runtime.store.list_tasks(key.row.id, limit=args.tasks)
+        rows = [row for r in listed if (row := await runtime.store.get_task(r.id)) is not None]
+        ends = await _upstream_ends(base, name)
         delays = [
             r.ended_at - ends[r.engine_state["upstream_id"]]
             for r in rows
-            if r.ended_at and r.status.value == "SUCCEEDED"
+            if r.ended_at and r.status.value == "SUCCEEDED" and r.engine_state.get("upstream_id")
         ]
+        failed = Counter(str(r.error_code) for r in rows if r.status.value != "SUCCEEDED")
         steady = t0 + submitted + args.poll_max  # every task is on its long interval by then
         gaps = _gaps(steady)
         latencies = [e - s for _, s, e in POLLS]
         burst = await _burst_cycle(engine, list(ends))
         await worker.stop()
-        beat_cpu = await _heartbeat_cpu(runtime, key.row)
+        beat_cpu = await _heartbeat_cpu(runtime, key.row, name, body)
         return {
+            "engine": name,
             "tasks": args.tasks,
             "succeeded": sum(1 for r in rows if r.status.value == "SUCCEEDED"),
+            "failed": dict(failed),
             "submit_s": submitted,
             "wall_s": wall,
             "cpu_s": cpu,
@@ -249,10 +279,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def report(r: dict[str, Any], args: argparse.Namespace) -> None:
     n, interval = r["tasks"], args.poll_max
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    print(f"engine: {r['engine']}")
     print(
         f"tasks: {n} ({r['succeeded']} SUCCEEDED), upstream RUNNING {args.running:g} s, "
         f"poll interval {interval:g} s"
     )
+    if r["failed"]:
+        print(f"not SUCCEEDED, by code: {r['failed']}")
     print(f"submitted in {r['submit_s']:.1f} s; all done after {r['wall_s']:.1f} s")
     print(
         f"poll cycle, {n} tasks due at once: {r['burst_cycle_s']:.2f} s "
@@ -296,6 +329,7 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--engine", choices=["dashscope", VIDEOS], default="dashscope")
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--running", type=float, default=60.0)
     parser.add_argument("--poll-max", type=float, default=15.0)

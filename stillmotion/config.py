@@ -39,6 +39,23 @@ class DashScopeChannel(BaseModel):
     )
 
 
+class OpenAIVideosChannel(BaseModel):
+    """One `/v1/videos` server or frontend (``openai_videos_channels`` entry); unset fields
+    inherit the ``openai_videos_*`` settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="A unique name (logs and task state record it).")
+    base_url: str | None = Field(None, description="Base URL including `/v1`.")
+    api_keys: SecretStr | None = Field(None, description="Comma-separated API keys (optional).")
+    max_in_flight: int | None = Field(None, ge=1, description="Videos in flight at once.")
+    submit_rate: float | None = Field(None, gt=0, description="Creates per second.")
+    query_rate: float | None = Field(None, gt=0, description="Polls/deletes/lists per second.")
+    model_map: str | dict[str, Any] | None = Field(
+        None, description="Models for this channel, as `openai_videos_model_map`."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STILLMOTION_", extra="ignore")
 
@@ -283,6 +300,75 @@ class Settings(BaseSettings):
         False,
         description="Let the relay download results from loopback/private addresses (a fake or "
         "local upstream such as `stillmotion fake-dashscope`).",
+    )
+    # -- the openai-videos engine: a /v1/videos GPU fleet (docs/gpu-fleet.md) -----------
+    openai_videos_base_url: str = Field(
+        "http://127.0.0.1:8091/v1",
+        description="Base URL (with `/v1`) of the `/v1/videos` server the `openai-videos` "
+        "engine relays to: vLLM-Omni, SGLang Diffusion or a Dynamo frontend.",
+    )
+    openai_videos_api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated keys sent as `Authorization: Bearer` (used in turn); "
+        "empty: no key is sent. Never logged or returned.",
+    )
+    openai_videos_max_in_flight: int = Field(
+        4, ge=1, description="Videos in flight at once per channel (more wait PENDING)."
+    )
+    openai_videos_submit_rate: float = Field(
+        2.0, gt=0, description="Creates per second per channel (more wait PENDING)."
+    )
+    openai_videos_query_rate: float = Field(
+        20.0, gt=0, description="Polls, deletes, lists and downloads per second per channel."
+    )
+    openai_videos_channels: list[OpenAIVideosChannel] = Field(
+        default_factory=list,
+        description="Several servers or frontends: a JSON list (or TOML array of tables) of "
+        "`{name, base_url, api_keys, max_in_flight, submit_rate, query_rate, model_map}`; "
+        "empty: one channel from the `openai_videos_*` settings.",
+    )
+    openai_videos_model_map: str | dict[str, Any] = Field(
+        "",
+        description="Our models to the server's: a TOML table or JSON object of `{model, fps, "
+        'extras}`, e.g. `{"wan2.6-i2v": {"model": "Wan-AI/Wan2.2-I2V-A14B-Diffusers", '
+        '"extras": {"num_inference_steps": 40}}}`, or `OURS=UPSTREAM,...`; unnamed models '
+        "go up without `model`, at `openai_videos_fps`, with no extras.",
+    )
+    openai_videos_fps: int = Field(
+        16, ge=1, le=120, description="Frame rate asked of the server when the map gives none."
+    )
+    openai_videos_body: Literal["form", "json"] = Field(
+        "form",
+        description="How a create is sent: `form` (multipart, as vLLM-Omni takes it; the "
+        "frame as `image_reference`) or `json` (the frame as `input_reference`).",
+    )
+    openai_videos_task_deadline: float = Field(
+        3600.0,
+        gt=0,
+        description="A video older than this (seconds) is deleted upstream and fails with "
+        "`InternalError.Timeout`.",
+    )
+    openai_videos_poll_first: float = Field(
+        5.0, gt=0, description="Seconds from a create to its first poll."
+    )
+    openai_videos_poll_max: float = Field(
+        15.0,
+        gt=0,
+        description="Longest interval between polls of one video (they grow 1.5x per poll "
+        "from `openai_videos_poll_first`).",
+    )
+    openai_videos_max_poll_failures: int = Field(
+        20, ge=1, description="Consecutive failed polls (with backoff) that fail a task."
+    )
+    openai_videos_request_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds allowed for one call to the server (a create carries the frame).",
+    )
+    openai_videos_allow_private: bool = Field(
+        False,
+        description="Let a result URL the server hands out (`video_url`/`url`) be on a "
+        "loopback/private address; `/content` on the base URL is always allowed.",
     )
     billing: Literal["off", "on"] = Field(
         "off",

@@ -6,14 +6,14 @@ Used by the CLI, the API's lifespan and the tests; nothing below this layer impo
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from stillmotion import catalog
-from stillmotion.config import Settings
+from stillmotion.config import DashScopeChannel, OpenAIVideosChannel, Settings
 from stillmotion.engines.base import Engine
 from stillmotion.engines.registry import available, check_request, create_engine, load_factory
 from stillmotion.engines.relay_limits import RelayLimits
@@ -208,12 +208,17 @@ def _motion_options(settings: Settings) -> dict[str, Any]:
     return {"processes": max(1, settings.workers)}
 
 
-def _dashscope_options(settings: Settings) -> dict[str, Any]:
-    channels = [
+def _channels(configured: Sequence[DashScopeChannel | OpenAIVideosChannel]) -> list[dict[str, Any]]:
+    """A relay's channel list as its engine takes it: set fields only, keys revealed."""
+    return [
         {k: v for k, v in c.model_dump().items() if v is not None}
         | ({"api_keys": c.api_keys.get_secret_value()} if c.api_keys is not None else {})
-        for c in settings.dashscope_channels
+        for c in configured
     ]
+
+
+def _dashscope_options(settings: Settings) -> dict[str, Any]:
+    channels = _channels(settings.dashscope_channels)
     return {
         "base_url": settings.dashscope_base_url,
         "api_keys": settings.dashscope_api_keys.get_secret_value(),
@@ -250,6 +255,27 @@ def _check_dashscope(settings: Settings, routes: dict[str, str]) -> None:
         )
 
 
+def _openai_videos_options(settings: Settings) -> dict[str, Any]:
+    channels = _channels(settings.openai_videos_channels)
+    return {
+        "base_url": settings.openai_videos_base_url,
+        "api_keys": settings.openai_videos_api_keys.get_secret_value(),
+        "max_in_flight": settings.openai_videos_max_in_flight,
+        "submit_rate": settings.openai_videos_submit_rate,
+        "query_rate": settings.openai_videos_query_rate,
+        "channels": channels,
+        "model_map": settings.openai_videos_model_map,
+        "fps": settings.openai_videos_fps,
+        "body": settings.openai_videos_body,
+        "task_deadline": settings.openai_videos_task_deadline,
+        "poll_first": settings.openai_videos_poll_first,
+        "poll_max": settings.openai_videos_poll_max,
+        "max_poll_failures": settings.openai_videos_max_poll_failures,
+        "request_timeout": settings.openai_videos_request_timeout,
+        "allow_private": settings.openai_videos_allow_private,
+    }
+
+
 def _wan_options(settings: Settings) -> dict[str, Any]:
     return {
         "weights_dir": settings.wan_weights_dir,
@@ -273,7 +299,11 @@ ENGINE_OPTIONS: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "motion": _motion_options,
     "wan": _wan_options,
     "dashscope": _dashscope_options,
+    "openai-videos": _openai_videos_options,
 }
+
+#: Relay engines: their caps and rates are kept where ``relay_limits`` says.
+RELAYS = frozenset({"dashscope", "openai-videos"})
 
 
 def build_engines(
@@ -305,7 +335,7 @@ def build_engines(
         options = ENGINE_OPTIONS.get(name, lambda _: {})(settings)
         if name == "dashscope" and storage is not None:  # the relay re-sends stored inputs
             options["read_input"] = storage.read_bytes
-        if name == "dashscope" and store is not None:
+        if name in RELAYS and store is not None:
             options["limits"] = relay_limits(settings, store)
         try:
             engines[name] = create_engine(name, **options)

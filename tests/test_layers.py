@@ -88,8 +88,8 @@ ALLOWED: dict[str, frozenset[str]] = {
 #: engines/: shared modules at the top (relay_limits: every relay's), and one subpackage per
 #: family (``engines/wan/``). A family imports the shared modules and its own family only;
 #: shared modules import no family.
-ENGINE_SHARED = frozenset({"__init__", "base", "registry", "relay_limits"})
-ENGINE_FAMILIES = ("motion", "dashscope", "wan")
+ENGINE_SHARED = frozenset({"__init__", "base", "registry", "relay_limits", "relay"})
+ENGINE_FAMILIES = ("motion", "dashscope", "wan", "openai_videos")
 
 FILES = sorted(PKG.rglob("*.py"))
 

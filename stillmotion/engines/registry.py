@@ -27,6 +27,7 @@ BUILTINS: Mapping[str, str] = {
     "motion": "stillmotion.engines.motion.engine:MotionEngine",
     "wan": "stillmotion.engines.wan.engine:WanEngine",
     "dashscope": "stillmotion.engines.dashscope.engine:DashScopeEngine",
+    "openai-videos": "stillmotion.engines.openai_videos.engine:OpenAIVideosEngine",
 }
 
 

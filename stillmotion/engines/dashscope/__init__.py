@@ -1,5 +1,6 @@
-"""The relay to DashScope (docs/relay.md): ``engine.py`` and its channels, client, polling,
-reconciliation and results."""
+"""The relay to DashScope (docs/relay.md): ``engine.py`` on the shared relay core
+(``engines/relay/``) with DashScope's client, bodies and task-list reconciliation;
+``channels.py`` re-exports the core's channels."""
 
 from stillmotion.engines.dashscope.engine import DashScopeEngine
 

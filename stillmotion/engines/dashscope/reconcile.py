@@ -10,15 +10,12 @@ outcome is unknown, and the relay fails the task rather than ever submitting it 
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
 from stillmotion.engines.dashscope.client import UpstreamClient, UpstreamError
-
-log = logging.getLogger("stillmotion.engines.dashscope")
+from stillmotion.engines.relay.reconcile import Ambiguous, look_again
 
 #: Labels of the list window are ``YYYYMMDDhhmmss`` in an unstated zone: a window of
 #: 12 h either side (the 24 h maximum) holds the submit whatever the zone (UTC-12..+12);
@@ -28,11 +25,6 @@ EARLY = 60.0  # an upstream clock this far behind ours still matches
 LATE = 600.0  # the submit may have reached upstream this long after the marker
 PAGE_SIZE = 100
 MAX_PAGES = 20
-TRIES = (0.0, 1.0, 2.0)  # the list may lag the submit: look again after these pauses
-
-
-class Ambiguous(Exception):
-    """Several upstream tasks match: adopting any of them could be wrong."""
 
 
 def _label(epoch: float) -> str:
@@ -88,8 +80,8 @@ async def find_submitted(
     call. Raises :class:`Ambiguous` when several tasks match and :class:`UpstreamError`
     when the list cannot be read.
     """
-    for pause in TRIES:
-        await asyncio.sleep(pause)
+
+    async def look() -> list[str]:
         found = await _candidates(client, base, key, model, at, throttle)
         matches = []
         for task_id in (i for i in found if i not in taken):
@@ -97,12 +89,9 @@ async def find_submitted(
             body = await client.get(base, key, task_id)
             if (body["output"].get("orig_prompt") or "") == prompt:
                 matches.append(task_id)
-        if len(matches) > 1:
-            raise Ambiguous(f"{len(matches)} upstream tasks match the lost submit")
-        if matches:
-            log.info("reconciled a lost submit with upstream task %s", matches[0])
-            return matches[0]
-    return None
+        return matches
+
+    return await look_again(look)
 
 
 __all__ = ["Ambiguous", "UpstreamError", "find_submitted"]

@@ -6,6 +6,9 @@ query rate limit and the shared connection pool. A failed poll backs off exponen
 least ``Retry-After``; a 429 also pauses the whole channel's queries); ``max_poll_failures``
 failures in a row fail the task. No task waits for another: a cycle over N tasks is N
 independent requests in flight at once.
+
+A family's client answers a poll with a :class:`Status` (its status words mapped onto
+ours); everything else here is the same for every upstream.
 """
 
 from __future__ import annotations
@@ -17,21 +20,50 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from stillmotion.domain import CANCELABLE
 from stillmotion.engines.base import CancelSignal, EngineJob, ProgressFn
-from stillmotion.engines.dashscope.channels import Channel
-from stillmotion.engines.dashscope.client import Failure, UpstreamClient, UpstreamError
+from stillmotion.engines.relay.channels import Channel
+from stillmotion.engines.relay.http import Failure, UpstreamError
 from stillmotion.errors import EngineCanceled, LeaseLost, PermanentEngineError
 
-log = logging.getLogger("stillmotion.engines.dashscope")
+log = logging.getLogger("stillmotion.engines.relay")
 
 TIMEOUT = "InternalError.Timeout"
 POLL_FAILED = "InternalError.PollFailed"
 UPSTREAM_CANCELED = "InternalError.UpstreamCanceled"
 UPSTREAM_UNKNOWN = "InternalError.UpstreamUnknown"
 MAX_BACKOFF = 300.0
+
+#: Our status words; a client maps the upstream's onto them (anything else keeps polling).
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED, UNKNOWN = (
+    "PENDING",
+    "RUNNING",
+    "SUCCEEDED",
+    "FAILED",
+    "CANCELED",
+    "UNKNOWN",
+)
+
+
+@dataclass(frozen=True)
+class Status:
+    """One poll's answer: our status word, the upstream's body, an error, its progress."""
+
+    state: str
+    body: dict[str, Any]
+    code: str | None = None  # FAILED: the upstream's error code and message
+    message: str | None = None
+    progress: float | None = None  # the upstream's own fraction done, in [0, 1]
+
+
+class Upstream(Protocol):
+    """What following a task needs of a family's client."""
+
+    async def status(self, base: str, key: str, task_id: str) -> Status: ...
+
+    async def cancel(self, base: str, key: str, task_id: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -44,12 +76,32 @@ class RelayTimings:
     unknown_grace: float = 60.0  # UNKNOWN this soon after the submit may be lag: poll again
     download_timeout: float = 300.0
 
+    @classmethod
+    def of(
+        cls,
+        *,
+        poll_first: float,
+        poll_max: float,
+        max_poll_failures: int,
+        task_deadline: float,
+        download_timeout: float,
+    ) -> RelayTimings:
+        """From an engine's settings: ``poll_max`` at least ``poll_first``, at least one
+        failure allowed."""
+        return cls(
+            poll_first=poll_first,
+            poll_max=max(poll_max, poll_first),
+            max_poll_failures=max(1, max_poll_failures),
+            task_deadline=task_deadline,
+            download_timeout=download_timeout,
+        )
+
 
 @dataclass(frozen=True)
 class Relay:
     """What every followed task shares with the engine."""
 
-    client: Callable[[], UpstreamClient]
+    client: Callable[[], Upstream]
     timings: RelayTimings
     scrub: Callable[[str], str]  # blanks keys out of upstream text
     refused: Callable[[Channel, str, UpstreamError], None]  # a key answered 401/403
@@ -98,10 +150,8 @@ class UpstreamTask:
     def base(self) -> str:
         return self.channel.config.base_url
 
-    async def follow(
-        self, job: EngineJob, progress: ProgressFn, cancel: CancelSignal
-    ) -> dict[str, Any]:
-        """Poll until the upstream task ends; the SUCCEEDED body (anything else raises)."""
+    async def follow(self, job: EngineJob, progress: ProgressFn, cancel: CancelSignal) -> Status:
+        """Poll until the upstream task ends; its SUCCEEDED status (anything else raises)."""
         t = self.relay.timings
         delay, polls = t.poll_first, 0
         while True:
@@ -111,20 +161,18 @@ class UpstreamTask:
                 await self._timed_out()
             try:
                 await self.channel.take_query()
-                body = await self.relay.client().get(self.base, self.key, self.upstream_id)
+                status = await self.relay.client().status(self.base, self.key, self.upstream_id)
             except UpstreamError as exc:
                 delay = await self._failed(exc)
                 continue
-            status = str(body["output"]["task_status"]).upper()  # normalise "succeeded" & co
-            body["output"]["task_status"] = status
-            if status == "SUCCEEDED":
-                return body
-            if status == "UNKNOWN" and time.time() - self.at < t.unknown_grace:
+            if status.state == SUCCEEDED:
+                return status
+            if status.state == UNKNOWN and time.time() - self.at < t.unknown_grace:
                 delay = await self._failed(None)  # a task this fresh may not be visible yet
                 continue
-            self._check_ended(body["output"])
+            self._check_ended(status)
             self.failures = 0
-            if status != "PENDING" and self.state.get(CANCELABLE):
+            if status.state != PENDING and self.state.get(CANCELABLE):
                 self.state[CANCELABLE] = False  # started upstream: it will run to its end
                 await save_state(job, self.state)
             await progress(self._fraction(status))
@@ -153,25 +201,27 @@ class UpstreamTask:
         backoff = min(MAX_BACKOFF, first * 2 ** (self.failures - 1))
         return max(after, backoff * random.uniform(1.0, 1.25))
 
-    def _check_ended(self, out: dict[str, Any]) -> None:
-        status = out["task_status"]
-        if status == "FAILED":
-            code = str(out.get("code") or "InternalError.Algo")
-            message = self.relay.scrub(str(out.get("message") or code))
+    def _check_ended(self, status: Status) -> None:
+        if status.state == FAILED:
+            code = str(status.code or "InternalError.Algo")
+            message = self.relay.scrub(str(status.message or code))
             raise PermanentEngineError(message, code=code)
-        if status == "CANCELED":
+        if status.state == CANCELED:
             raise PermanentEngineError(
                 "the upstream task was canceled outside this service", code=UPSTREAM_CANCELED
             )
-        if status == "UNKNOWN":
+        if status.state == UNKNOWN:
             raise PermanentEngineError(
                 "the upstream task expired or does not exist (UNKNOWN)", code=UPSTREAM_UNKNOWN
             )
 
-    def _fraction(self, status: str) -> float:
-        """0.1 while queued upstream; from 0.5 towards 0.9 while it runs."""
-        if status != "RUNNING":
+    def _fraction(self, status: Status) -> float:
+        """0.1 while queued upstream; while it runs, the upstream's own progress mapped onto
+        0.1-0.9, or (an upstream that reports none) from 0.5 towards 0.9."""
+        if status.state != RUNNING:
             return 0.1
+        if status.progress is not None:
+            return 0.1 + 0.8 * min(1.0, max(0.0, status.progress))
         now = time.monotonic()
         self._running_since = self._running_since or now
         return 0.5 + 0.4 * (1 - math.exp(-(now - self._running_since) / 120))

@@ -1,7 +1,16 @@
-"""The relay's result: download the upstream MP4 (SSRF-guarded) and read what it holds."""
+"""The relay's result: download the upstream MP4 into the task's work directory and read
+what it holds.
+
+Two ways in: :func:`download_result` fetches a URL the upstream handed out (an object
+store's, anywhere: SSRF-guarded like every fetch of ours); :func:`download_content` streams
+an endpoint of the upstream itself (``GET /v1/videos/{id}/content``), with the channel's
+key, through the relay's pool. Either failure is retryable (the next attempt polls again
+and downloads again) and its message never carries the URL.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,10 +18,11 @@ from pathlib import Path
 import av
 import httpx
 
+from stillmotion.engines.relay.http import JsonClient, UpstreamError, classify
 from stillmotion.errors import PermanentEngineError, RetryableEngineError, ServiceError
 from stillmotion.media.fetch import FetchPolicy, fetch_to_file
 
-log = logging.getLogger("stillmotion.engines.dashscope")
+log = logging.getLogger("stillmotion.engines.relay")
 
 MAX_VIDEO_BYTES = 1024 * 1024 * 1024
 DOWNLOAD_FAILED = "InternalError.ResultDownload"
@@ -34,6 +44,7 @@ async def download_result(
     allow_private: bool,
     timeout: float,
     client: httpx.AsyncClient | None = None,
+    allow_setting: str = "STILLMOTION_ALLOW_PRIVATE_URLS",
 ) -> Path:
     """Fetch the upstream ``video_url`` to ``dest``. A failure is retryable (the next attempt
     polls again and gets a fresh URL); its message never carries the URL."""
@@ -42,7 +53,7 @@ async def download_result(
         timeout=timeout,
         max_redirects=5,
         max_bytes=MAX_VIDEO_BYTES,
-        allow_setting="STILLMOTION_DASHSCOPE_ALLOW_PRIVATE",
+        allow_setting=allow_setting,
     )
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -53,6 +64,47 @@ async def download_result(
             f"downloading the upstream result failed ({exc.code})", code=DOWNLOAD_FAILED
         ) from None
     return fetched.path
+
+
+async def download_content(
+    client: JsonClient, url: str, key: str, dest: Path, *, timeout: float
+) -> Path:
+    """Stream ``url`` (an upstream endpoint) with ``key`` to ``dest``, at most
+    :data:`MAX_VIDEO_BYTES`; ``dest`` is written only whole (through ``dest.part``)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        async with asyncio.timeout(timeout):
+            await _stream(client, url, key, part)
+        part.replace(dest)
+    except (UpstreamError, httpx.HTTPError, TimeoutError, _TooBig) as exc:
+        what = exc.code if isinstance(exc, UpstreamError) else type(exc).__name__
+        log.warning("downloading an upstream result failed: %s", what)
+        raise RetryableEngineError(
+            f"downloading the upstream result failed ({what})", code=DOWNLOAD_FAILED
+        ) from None
+    finally:
+        part.unlink(missing_ok=True)
+    return dest
+
+
+class _TooBig(Exception):
+    pass
+
+
+async def _stream(client: JsonClient, url: str, key: str, part: Path) -> None:
+    headers = {**client.auth(key), "Accept": "video/mp4, */*", "Accept-Encoding": "identity"}
+    async with client.http.stream("GET", url, headers=headers) as response:
+        if not response.is_success:
+            await response.aread()
+            raise classify(response, may_apply=False)
+        size = 0
+        with part.open("wb") as out:
+            async for chunk in response.aiter_bytes(1 << 20):
+                size += len(chunk)
+                if size > MAX_VIDEO_BYTES:
+                    raise _TooBig()
+                out.write(chunk)
 
 
 def probe_video(path: Path) -> VideoInfo:
