@@ -12,19 +12,13 @@ or ``stillmotion fake-dashscope --port 8001``. Behaviour, prompt directives and 
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
-import threading
-import time
 import uuid
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
 
 from stillmotion.testing.fake_dashscope_state import (
     SUBMIT_ID_HEADER,
@@ -40,6 +34,7 @@ from stillmotion.testing.fake_dashscope_views import (
     list_page,
     result_file,
 )
+from stillmotion.testing.loopback import DropResponse, LoopbackServer, serve_foreground
 
 __all__ = ["FakeConfig", "FakeDashScopeServer", "FakeState", "Fault", "create_fake_app"]
 
@@ -48,25 +43,6 @@ SUBMIT_PATH = "/api/v1/services/aigc/video-generation/video-synthesis"
 KF2V_PATH = "/api/v1/services/aigc/image2video/video-synthesis"
 CANCEL_REFUSED = "Failed to cancel the task, please confirm if the task is in PENDING status."
 SYNC_REFUSED = "current user api does not support synchronous calls"
-
-
-class _DroppedConnection(Exception):
-    """Raised after a partial answer so that uvicorn closes the connection."""
-
-
-class _QuietDrops(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], _DroppedConnection))
-
-
-class _DropResponse(Response):
-    """Starts a 200 answer, sends part of it, then drops the connection."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"4096")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b'{"request_id": "', "more_body": True})
-        raise _DroppedConnection()
 
 
 def _fault_response(fault: Fault) -> JSONResponse:
@@ -139,7 +115,7 @@ class _Api:
         task = self.state.submit(request.state.key, body, submit_id, path=path)
         await asyncio.sleep(float(directives.get("slow") or 0))
         if "drop" in directives or request.state.drop:
-            return _DropResponse()
+            return DropResponse(b'{"request_id": "')
         output = {"task_id": task.task_id, "task_status": "PENDING"}
         return {"request_id": task.request_id, "output": output}
 
@@ -216,8 +192,10 @@ def create_fake_app(state: FakeState | None = None) -> FastAPI:
     return app
 
 
-class FakeDashScopeServer:
+class FakeDashScopeServer(LoopbackServer):
     """The fake on ``host`` (a free port unless given), served by uvicorn in a thread."""
+
+    name = "fake DashScope server"
 
     def __init__(
         self,
@@ -227,58 +205,12 @@ class FakeDashScopeServer:
         port: int = 0,
     ) -> None:
         self.state = FakeState(config)
-        self.app = create_fake_app(self.state)
-        self.host = host
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._socket.bind((host, port))
-        except BaseException:
-            self._socket.close()  # a taken port: no socket left for the collector to warn about
-            raise
-        self.port = int(self._socket.getsockname()[1])
-        cfg = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(cfg)
-        self._thread = threading.Thread(target=self._serve, name="fake-dashscope", daemon=True)
-
-    @property
-    def root_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        super().__init__(create_fake_app(self.state), host=host, port=port)
 
     @property
     def base_url(self) -> str:
         """What a client uses as its DashScope base (with ``/api/v1``)."""
         return f"{self.root_url}/api/v1"
-
-    def _serve(self) -> None:
-        self._server.run(sockets=[self._socket])
-
-    def start(self) -> FakeDashScopeServer:
-        logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()  # ``with`` calls no __exit__ when __enter__ raises
-                raise RuntimeError("the fake DashScope server did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._socket.close()
-
-    def __enter__(self) -> FakeDashScopeServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def serve(
@@ -286,21 +218,4 @@ def serve(
 ) -> None:
     """Run the fake in the foreground on the bound ``sock`` (the ``stillmotion fake-dashscope``
     command); ``ready`` is called with its port once it accepts connections."""
-    logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
-    app = create_fake_app(FakeState(config))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-
-    async def main() -> None:
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.02)
-        if server.started and ready is not None:
-            ready(int(sock.getsockname()[1]))
-        await serving
-
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:  # as uvicorn.run: uvicorn re-raises a SIGINT once it has stopped
-        pass
-    finally:
-        sock.close()
+    serve_foreground(create_fake_app(FakeState(config)), sock, ready=ready)

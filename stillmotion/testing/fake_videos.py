@@ -18,26 +18,21 @@ import functools
 import hashlib
 import io
 import json
-import logging
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable
 from email import policy
 from email.parser import BytesParser
 from http import HTTPStatus
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
 
 import av
 import numpy as np
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Receive, Scope, Send
 
 from stillmotion.testing.fake_videos_state import (
     SUBMIT_ID_HEADER,
@@ -46,6 +41,7 @@ from stillmotion.testing.fake_videos_state import (
     FakeVideosState,
     VideoFault,
 )
+from stillmotion.testing.loopback import DropResponse, LoopbackServer, serve_foreground
 
 __all__ = [
     "SUBMIT_ID_HEADER",
@@ -73,25 +69,6 @@ STR_FIELDS = ("negative_prompt", "user")
 #: ``extra_params`` (a JSON string in a form) and ``extra_body`` (a client's name for it)
 EXTENSIONS = ("nvext", "extra_params", "extra_body")
 BOTH_REFERENCES = "Provide either input_reference or image_reference, not both."
-
-
-class _DroppedConnection(Exception):
-    """Raised after a partial answer so that uvicorn closes the connection."""
-
-
-class _QuietDrops(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], _DroppedConnection))
-
-
-class _DropResponse(Response):
-    """Starts a 200 answer, sends part of it, then drops the connection."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"4096")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b'{"id": "video_gen_', "more_body": True})
-        raise _DroppedConnection()
 
 
 def error(
@@ -369,7 +346,7 @@ class _Api:
         submit_id = request.headers.get(SUBMIT_ID_HEADER) or None
         video, _ = self.state.submit(request.state.key, record, params, submit_id)
         if fault is not None and fault.drop:
-            return _DropResponse()
+            return DropResponse(b'{"id": "video_gen_')
         if fault is not None and fault.create and fault.status is not None:
             return _fault_response(fault)
         return video.view(self.state.clock())
@@ -492,8 +469,10 @@ def create_fake_videos_app(state: FakeVideosState | None = None) -> FastAPI:
     return app
 
 
-class FakeVideosServer:
+class FakeVideosServer(LoopbackServer):
     """The fake on ``host`` (a free port unless given), served by uvicorn in a thread."""
+
+    name = "fake videos server"
 
     def __init__(
         self,
@@ -504,58 +483,12 @@ class FakeVideosServer:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.state = FakeVideosState(config, clock=clock)
-        self.app = create_fake_videos_app(self.state)
-        self.host = host
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._socket.bind((host, port))
-        except BaseException:
-            self._socket.close()  # a taken port: no socket left for the collector to warn about
-            raise
-        self.port = int(self._socket.getsockname()[1])
-        cfg = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(cfg)
-        self._thread = threading.Thread(target=self._serve, name="fake-videos", daemon=True)
-
-    @property
-    def root_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        super().__init__(create_fake_videos_app(self.state), host=host, port=port)
 
     @property
     def base_url(self) -> str:
         """What an OpenAI client uses as its ``base_url`` (with ``/v1``)."""
         return f"{self.root_url}/v1"
-
-    def _serve(self) -> None:
-        self._server.run(sockets=[self._socket])
-
-    def start(self) -> FakeVideosServer:
-        logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()  # ``with`` calls no __exit__ when __enter__ raises
-                raise RuntimeError("the fake videos server did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._socket.close()
-
-    def __enter__(self) -> FakeVideosServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def serve(
@@ -563,21 +496,4 @@ def serve(
 ) -> None:
     """Run the fake in the foreground on the bound ``sock`` (the ``stillmotion fake-videos``
     command); ``ready`` is called with its port once it accepts connections."""
-    logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
-    app = create_fake_videos_app(FakeVideosState(config))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-
-    async def main() -> None:
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.02)
-        if server.started and ready is not None:
-            ready(int(sock.getsockname()[1]))
-        await serving
-
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:  # as uvicorn.run: uvicorn re-raises a SIGINT once it has stopped
-        pass
-    finally:
-        sock.close()
+    serve_foreground(create_fake_videos_app(FakeVideosState(config)), sock, ready=ready)

@@ -14,6 +14,7 @@ the submit body, the one submit call, the lookup of a lost submit and the result
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import base64
 import logging
@@ -66,7 +67,7 @@ def stored_reader(root: Path) -> StoredReader:
     return read
 
 
-class RelayEngine:
+class RelayEngine(abc.ABC):
     """The relay protocol over a family's client; see the module docstring."""
 
     name = "relay"
@@ -104,28 +105,31 @@ class RelayEngine:
 
     # -- what a family supplies ---------------------------------------------------------
 
-    def _make_client(self, http: httpx.AsyncClient) -> Upstream:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _make_client(self, http: httpx.AsyncClient) -> Upstream: ...
 
+    @abc.abstractmethod
     async def _upstream_body(self, job: EngineJob, channel: Channel) -> dict[str, Any]:
         """The submit body (its ``model``, else ours, is recorded in the marker)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     async def _send(self, channel: Channel, key: str, body: dict[str, Any], submit_id: str) -> str:
         """The one submit call; the upstream id (a seam for tests that crash around it)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     async def _find_submitted(
         self, job: EngineJob, channel: Channel, key: str, marker: dict[str, Any]
     ) -> str | None:
         """The upstream id of the submit ``marker`` records, or None; :class:`Ambiguous`
         when several match, :class:`UpstreamError` when the upstream cannot be asked."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     async def _collect(
         self, job: EngineJob, task: UpstreamTask, status: Status, progress: ProgressFn
-    ) -> EngineResult:
-        raise NotImplementedError
+    ) -> EngineResult: ...
 
     # -- plumbing ----------------------------------------------------------------------
 
